@@ -1,0 +1,63 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and
+# install everything from the package registries.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
+STRESS_SECONDS ?= 10
+
+.PHONY: install demo test lint typecheck pytest torture csan tsan model docs docs-check bench soak clean
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip setuptools wheel cffi
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/aiorcu demo
+
+# Every check, in the order a failure is cheapest to see.
+test: install lint typecheck pytest torture csan model docs-check
+
+lint: install
+	$(BIN)/ruff check aiorcu tests examples csrc
+	$(BIN)/ruff format --check aiorcu tests examples csrc
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	AIORCU_STRESS_SECONDS=$(STRESS_SECONDS) $(BIN)/pytest -q
+	AIORCU_MEMBARRIER=off AIORCU_STRESS_SECONDS=2 $(BIN)/pytest -q -m "stress or fallback" tests
+
+torture: install
+	$(BIN)/aiorcu torture --seconds 8
+	$(BIN)/aiorcu torture --seconds 4 --busted --expect-failure
+
+csan: install
+	bash tests/lowlevel/run.sh sanitize
+
+tsan: install
+	bash tests/lowlevel/run.sh tsan
+
+model:
+	bash csrc/model/check.sh
+
+docs: install
+	$(BIN)/mkdocs build --strict
+
+docs-check: docs
+	bash docs/check.sh
+
+bench: install
+	$(BIN)/aiorcu bench
+
+soak: install
+	$(BIN)/aiorcu torture --seconds 600 --report-rss
+
+clean:
+	rm -rf build site csrc/build aiorcu/*.so aiorcu/_aiorcu_cffi.c

@@ -1,0 +1,32 @@
+"""The exception hierarchy."""
+
+from __future__ import annotations
+
+
+class AiorcuError(Exception):
+    """Base class of every error that aiorcu raises on purpose."""
+
+
+class RcuUsageError(AiorcuError, RuntimeError):
+    """The library was used in a way that would deadlock or be unsafe.
+
+    Raised at once, instead of hanging: a blocking grace period requested from
+    inside a read section, a section left on another thread than the one that
+    entered it, a protected read made outside any read section.
+    """
+
+
+class GracePeriodTimeout(AiorcuError, TimeoutError):
+    """A grace period did not complete within the caller's timeout.
+
+    The domain stays consistent: the abandoned grace period leaves nothing
+    behind that a later one would miss.
+    """
+
+
+class TransactionRejected(AiorcuError, ValueError):
+    """A well-formed bitmap transaction does not fit the bitmap; nothing applied."""
+
+
+class AccessDenied(AiorcuError, PermissionError):
+    """Guarded memory touched a page that is not accessible; no byte moved."""

@@ -1,0 +1,317 @@
+/*
+ * Grace periods: two-phase (SRCU / urcu style) waits bracketed by two heavy
+ * barriers.  Reader steps (Python `_reader.py`, C `reader.c`):
+ *
+ *   enter: p = load(phase); flag[p] = 1; F1     F1 = compiler barrier only in
+ *   leave: F2; flag[p] = 0; F3; load(waiting)   membarrier mode, full fences
+ *                                               in fence mode.
+ *
+ * Writer, serialized by the writer mutex:
+ *
+ *   started += 1; M1; wait(!cur); mb; cur = !cur; mb; wait(old cur); M3;
+ *   completed = started (release)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define SPIN_NS 20000ull          /* spin this long before sleeping */
+#define BACKSTOP_NS 50000000ull   /* futex sleeps end after this at the latest */
+#define POLL_MIN_NS 2000ull       /* poll mode: first sleep */
+#define POLL_MAX_NS 1000000ull    /* poll mode: longest sleep */
+
+void (*aiorcu_debug_reader_delay)(void);
+
+uint64_t aiorcu_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+static void sleep_ns(uint64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+    nanosleep(&ts, NULL);
+}
+
+uint64_t aiorcu_snapshot(struct aiorcu_domain *d)
+{
+    /* Full fence: the caller's update (made before this call) is ordered
+     * before the load of `started`.  Pairs with the writer's increment of
+     * `started` followed by M1: if we read s, grace period s + 1 begins its
+     * M1 after our update, so it covers every reader that could miss it. */
+    atomic_thread_fence(memory_order_seq_cst);
+    return atomic_load_explicit(&d->started, memory_order_relaxed) + 1;
+}
+
+uint64_t aiorcu_completed(struct aiorcu_domain *d)
+{
+    /* Acquire: pairs with the release store of `completed` after M3, so a
+     * caller that sees its token complete also sees M3's effects. */
+    return atomic_load_explicit(&d->completed, memory_order_acquire);
+}
+
+void aiorcu_wake(struct aiorcu_domain *d)
+{
+    if (atomic_exchange(&d->futex, 0) == -1) {
+        atomic_fetch_add_explicit(&d->wakeups, 1, memory_order_relaxed);
+        syscall(SYS_futex, &d->futex, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    }
+}
+
+/* Fence-mode reader exit for Python readers: F2, clear, F3, check waiting. */
+void aiorcu_fence_flag_clear(struct aiorcu_domain *d, uint8_t *flags, int index)
+{
+    _Atomic uint8_t *f = (_Atomic uint8_t *)flags;
+    /* F2: the section's data loads complete before the clear; pairs with the
+     * writer's M3 (a fence in this mode). */
+    atomic_thread_fence(memory_order_seq_cst);
+    atomic_store_explicit(&f[index], 0, memory_order_relaxed);
+    /* F3: the clear is visible before we read the waiting byte; pairs with
+     * the writer's barrier between setting it and rescanning. */
+    atomic_thread_fence(memory_order_seq_cst);
+    int phase = index % 2;
+    if (atomic_load_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], memory_order_relaxed))
+        aiorcu_wake(d);
+}
+
+/* Skipping both membarriers is safe only when no thread but the caller owns
+ * a slot: any other reader registers later, under the registry lock, and so
+ * enters after the caller's update (see aiorcu_slot_alloc). */
+static int can_elide(struct aiorcu_domain *d, int caller_slot)
+{
+    pthread_mutex_lock(&d->registry_lock);
+    int alone = d->slots_live == 0 ||
+                (d->slots_live == 1 && caller_slot >= 0 &&
+                 (size_t)caller_slot < d->nchunks * AIORCU_CHUNK_SLOTS &&
+                 aiorcu__slot(d, caller_slot)->in_use);
+    pthread_mutex_unlock(&d->registry_lock);
+    return alone;
+}
+
+static int barrier(struct aiorcu_domain *d, int elide)
+{
+    if (elide) {
+        atomic_fetch_add_explicit(&d->barriers_elided, 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_seq_cst);
+        return 0;
+    }
+    return aiorcu__heavy_barrier(d);
+}
+
+/* One pass over the registry: is `phase` free of readers? */
+static int scan_clear(struct aiorcu_domain *d, int phase, uint64_t gp)
+{
+    int clear = 1;
+    uint64_t now = 0;
+    pthread_mutex_lock(&d->registry_lock);
+    size_t n = d->nchunks * AIORCU_CHUNK_SLOTS;
+    for (size_t i = 0; i < n; i++) {
+        struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
+        if (!s->in_use)
+            continue;
+        /* Relaxed: ordering comes from M1 before the scans and the fences or
+         * M3 after them. */
+        if (atomic_load_explicit(&s->flags[AIORCU_FLAG_THREAD + phase], memory_order_relaxed) |
+            atomic_load_explicit(&s->flags[AIORCU_FLAG_TASK + phase], memory_order_relaxed)) {
+            clear = 0;
+            if (s->blocked_gp != gp) {
+                if (!now)
+                    now = aiorcu_monotonic_ns();
+                s->blocked_gp = gp;
+                s->first_blocked = now;
+            }
+        }
+    }
+    pthread_mutex_unlock(&d->registry_lock);
+    return clear;
+}
+
+struct gp_wait {
+    uint64_t gp;
+    uint64_t start;
+    uint64_t deadline;
+    uint64_t next_stall;
+    uint64_t stall_interval;
+    int flags;
+    int elide;
+    aiorcu_stall_fn stall;
+    void *stall_arg;
+};
+
+static int futex_sleep(struct aiorcu_domain *d, uint64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+    atomic_fetch_add_explicit(&d->futex_sleeps, 1, memory_order_relaxed);
+    long r = syscall(SYS_futex, &d->futex, FUTEX_WAIT_PRIVATE, -1, &ts, NULL, 0);
+    return r < 0 && errno == ETIMEDOUT;
+}
+
+static void stop_waiting(struct aiorcu_domain *d, int phase)
+{
+    atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], 0, memory_order_relaxed);
+    atomic_store_explicit(&d->futex, 0, memory_order_relaxed);
+}
+
+static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_wait *w)
+{
+    if (w->flags & AIORCU_SYNC_BUSTED)
+        return AIORCU_OK;
+    if (scan_clear(d, phase, w->gp))
+        return AIORCU_OK;
+    if (w->flags & AIORCU_SYNC_TRY)
+        return AIORCU_BUSY;
+    uint64_t spin_until = aiorcu_monotonic_ns() + SPIN_NS;
+    while (aiorcu_monotonic_ns() < spin_until) {
+        for (int i = 0; i < 64; i++)
+            cpu_relax();
+        if (scan_clear(d, phase, w->gp))
+            return AIORCU_OK;
+    }
+    uint64_t backoff = POLL_MIN_NS;
+    for (;;) {
+        uint64_t now = aiorcu_monotonic_ns();
+        if (now >= w->deadline)
+            return AIORCU_TIMEDOUT;
+        if (now >= w->next_stall) {
+            if (w->stall)
+                w->stall(w->stall_arg, now - w->start, stage, phase);
+            w->stall_interval *= 2;
+            if (w->stall_interval > d->stall_max_ns)
+                w->stall_interval = d->stall_max_ns;
+            w->next_stall = now + w->stall_interval;
+            if (scan_clear(d, phase, w->gp))
+                return AIORCU_OK;
+            continue;
+        }
+        uint64_t until = w->deadline < w->next_stall ? w->deadline : w->next_stall;
+        if (d->wait_mode == AIORCU_WAIT_POLL) {
+            sleep_ns(until - now < backoff ? until - now : backoff);
+            backoff = backoff * 2 > POLL_MAX_NS ? POLL_MAX_NS : backoff * 2;
+            if (scan_clear(d, phase, w->gp))
+                return AIORCU_OK;
+            continue;
+        }
+        atomic_store_explicit(&d->futex, -1, memory_order_relaxed);
+        atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], 1, memory_order_relaxed);
+        /* Wait barrier: either a reader's load of the waiting byte after its
+         * clear (F3) sees 1 and wakes us, or our rescan sees its clear.
+         * Pairs with F3 (membarrier mode: the IPI stands in for it).  Never
+         * elided: a reader registered since M1 may be a straggler here. */
+        if (aiorcu__heavy_barrier(d) < 0) {
+            stop_waiting(d, phase);
+            return AIORCU_EBARRIER;
+        }
+        if (scan_clear(d, phase, w->gp)) {
+            stop_waiting(d, phase);
+            return AIORCU_OK;
+        }
+        uint64_t nap = until - now < BACKSTOP_NS ? until - now : BACKSTOP_NS;
+        int timed_out = futex_sleep(d, nap);
+        stop_waiting(d, phase);
+        if (scan_clear(d, phase, w->gp)) {
+            /* Readers left but nobody woke us: a lost wake-up that only the
+             * backstop caught.  Tests and the torture run assert zero. */
+            if (timed_out && nap == BACKSTOP_NS)
+                atomic_fetch_add_explicit(&d->backstop_timeouts, 1, memory_order_relaxed);
+            return AIORCU_OK;
+        }
+    }
+}
+
+static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int caller_slot)
+{
+    /* Under the writer mutex; the update was published before the call. */
+    w->gp = atomic_load_explicit(&d->started, memory_order_relaxed) + 1;
+    atomic_store_explicit(&d->started, w->gp, memory_order_relaxed);
+    w->elide = can_elide(d, caller_slot);
+
+    /* M1: pairs with F1, the compiler barrier between a reader's flag store
+     * and its data loads.  A reader whose flag the scans below miss is
+     * guaranteed to load the updated data. */
+    if (barrier(d, w->elide) < 0)
+        return AIORCU_EBARRIER;
+
+    int cur = atomic_load_explicit(&d->ctl.bytes[AIORCU_CTL_PHASE], memory_order_relaxed);
+    int rc = wait_phase(d, !cur, AIORCU_STAGE_STRAGGLERS, w);
+    if (rc != AIORCU_OK)
+        return rc;
+    /* Plain smp_mb around the flip, as in liburcu: progress, not safety. */
+    atomic_thread_fence(memory_order_seq_cst);
+    atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_PHASE], !cur, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+
+    rc = wait_phase(d, cur, AIORCU_STAGE_CLOSED, w);
+    if (rc != AIORCU_OK)
+        return rc; /* abandoned: the flip stays, `completed` does not move */
+
+    /* M3: pairs with F2, the compiler barrier between a reader's last data
+     * load and its flag clear; what the caller does next (free, revoke) is
+     * ordered after every data load of the readers waited for. */
+    if (barrier(d, w->elide) < 0)
+        return AIORCU_EBARRIER;
+    /* Release: pairs with the acquire load in aiorcu_completed(). */
+    atomic_store_explicit(&d->completed, w->gp, memory_order_release);
+    atomic_fetch_add_explicit(&d->grace_periods, 1, memory_order_relaxed);
+    return AIORCU_OK;
+}
+
+static int lock_writer(struct aiorcu_domain *d, uint64_t deadline, int flags)
+{
+    if (flags & AIORCU_SYNC_TRY)
+        return pthread_mutex_trylock(&d->writer_lock) == 0 ? AIORCU_OK : AIORCU_BUSY;
+    if (deadline == UINT64_MAX) {
+        pthread_mutex_lock(&d->writer_lock);
+        return AIORCU_OK;
+    }
+    struct timespec ts = {(time_t)(deadline / 1000000000ull), (long)(deadline % 1000000000ull)};
+    return pthread_mutex_clocklock(&d->writer_lock, CLOCK_MONOTONIC, &ts) == 0 ? AIORCU_OK
+                                                                                 : AIORCU_TIMEDOUT;
+}
+
+int aiorcu_synchronize(struct aiorcu_domain *d, uint64_t target, int64_t timeout_ns, int flags,
+                       int caller_slot, aiorcu_stall_fn stall, void *stall_arg)
+{
+    uint64_t start = aiorcu_monotonic_ns();
+    struct gp_wait w = {
+        .start = start,
+        .deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns,
+        .flags = flags,
+        .stall = stall,
+        .stall_arg = stall_arg,
+    };
+    int rc = lock_writer(d, w.deadline, flags);
+    if (rc == AIORCU_TIMEDOUT)
+        atomic_fetch_add_explicit(&d->timeouts, 1, memory_order_relaxed);
+    if (rc != AIORCU_OK)
+        return rc;
+    /* Another writer may have run a grace period that started after our
+     * target was taken while we waited for the mutex: share it. */
+    if (aiorcu_completed(d) >= target) {
+        pthread_mutex_unlock(&d->writer_lock);
+        return AIORCU_OK;
+    }
+    w.stall_interval = d->stall_first_ns;
+    w.next_stall = start + d->stall_first_ns;
+    rc = run_grace_period(d, &w, caller_slot);
+    if (rc == AIORCU_TIMEDOUT)
+        atomic_fetch_add_explicit(&d->timeouts, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&d->writer_lock);
+    return rc;
+}
