@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import gc
 import itertools
 import logging
 import os
@@ -15,7 +14,7 @@ from typing import Final, final
 
 from . import _lowlevel
 from ._errors import AiorcuError, GracePeriodTimeout, RcuUsageError
-from ._reader import READER_CLASS, ReadSection, _Section, task_name
+from ._reader import READER_CLASS, ReadSection, _Section, tasks_inside
 from ._records import BackendInfo, DomainStatistics
 from ._worker import GraceWorker
 
@@ -262,9 +261,7 @@ class Domain:
     def _check_blocking_allowed(self, what: str) -> None:
         node = self._var.get()
         reader = self._current_reader()
-        if (node is not None and node.open) or (
-            reader is not None and reader.inside_on_thread()
-        ):
+        if (node is not None and node.open) or (reader is not None and reader.inside_on_thread()):
             raise RcuUsageError(
                 f"{what} called inside a read section on this thread; it would wait for "
                 "itself. Leave the section first or use call_after_grace_period()"
@@ -307,13 +304,11 @@ class Domain:
         details = []
         if reader.depth:
             details.append(f"{reader.depth} `with` section(s)")
-        tasks = [
-            task_name(obj.task) if obj.task is not None else "unknown task"
-            for obj in gc.get_referrers(reader)
-            if isinstance(obj, _Section) and obj.open
-        ]
+        tasks = tasks_inside(self._var, reader) if reader.tasks[0] or reader.tasks[1] else []
         if tasks:
-            details.append("`async with` in task(s) " + ", ".join(repr(t) for t in sorted(tasks)))
+            details.append("`async with` in task(s) " + ", ".join(repr(t) for t in tasks))
+        elif reader.tasks[0] or reader.tasks[1]:
+            details.append(f"{reader.tasks[0] + reader.tasks[1]} `async with` section(s)")
         if reader.orphans:
             details.append(f"{len(reader.orphans)} release(s) queued for this thread")
         if details:

@@ -64,7 +64,7 @@ StallHandler = Callable[[int, int, int], None]
 """``handler(waited_ns, stage, phase)``, called from a waiting writer."""
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[misc,untyped-decorator,unused-ignore]
 def aiorcu_py_stall(arg: Any, waited_ns: int, stage: int, phase: int) -> None:
     # Runs on the waiting writer's thread with the GIL re-taken by cffi, the
     # writer mutex held.  Exceptions must not escape into C.

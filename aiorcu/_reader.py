@@ -23,7 +23,10 @@ without the GIL.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+import gc
 import logging
 import os
 import sys
@@ -32,7 +35,7 @@ import weakref
 from _thread import get_ident
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Final
 
 from . import _lowlevel
 from ._errors import RcuUsageError
@@ -47,7 +50,6 @@ _TASK: Final = _lowlevel.FLAG_TASK  # flags[_TASK + p]: task sections open in ph
 assert _TASK == 2 and _WAITING == 2  # the hot paths index with the literal
 assert _lowlevel.FLAG_THREAD == 0 and _lowlevel.CTL_PHASE == 0  # the hot path indexes directly
 
-_TRIO: Final = object()  # ReadSection.loop when the thread last ran trio
 _ATTENTION: Final = -1  # ReadSection.ident when releases are queued for the owner
 _THREAD_SECTION: Final = -1  # an orphan entry that closes one `with` section
 
@@ -57,8 +59,6 @@ def _make_ready() -> Awaitable[None]:
     # __await__ is C code that returns at once without suspending, under
     # asyncio or trio alike.  Two coroutine objects per section cost ~60 ns
     # more.  Made once, from a loop that is closed right away.
-    import asyncio
-
     loop = asyncio.new_event_loop()
     try:
         fut = loop.create_future()
@@ -70,29 +70,40 @@ def _make_ready() -> Awaitable[None]:
 
 _READY: Final = _make_ready()
 
-try:  # CPython's registry of running asyncio tasks, one dict lookup per loop
-    from asyncio.tasks import _current_tasks as _asyncio_current_tasks  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - Python versions without it
-    _asyncio_current_tasks = {}
 
+def tasks_inside(var: contextvars.ContextVar[_Section | None], reader: ReadSection) -> list[str]:
+    """Names of the tasks whose context holds an open section of ``reader``.
 
-def _find_task() -> tuple[object, object | None]:
-    """Returns ``(loop marker, task)`` for the running async framework."""
-    import asyncio
-
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
-    if task is not None:
-        return task.get_loop(), task
+    Diagnostic path for stall warnings: scans the heap for asyncio and trio
+    tasks and reads each one's context, so the read path never has to record
+    which task entered.
+    """
     trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            return _TRIO, trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-    return None, None
+    trio_task = trio.lowlevel.Task if trio is not None else ()
+    names = []
+    for obj in gc.get_objects():
+        # type(), not isinstance(): isinstance falls back to obj.__class__,
+        # which on a threading.local would create this thread's reader.
+        kind = type(obj)
+        if issubclass(kind, asyncio.Task):
+            get_context = getattr(obj, "get_context", None)  # Python 3.12+
+            contexts = (
+                [get_context()]
+                if get_context is not None
+                else [c for c in gc.get_referents(obj) if isinstance(c, contextvars.Context)]
+            )
+        elif trio_task and issubclass(kind, trio_task):
+            contexts = [obj.context]
+        else:
+            continue
+        for context in contexts:
+            node = context.get(var)
+            while node is not None:
+                if node.open and node.reader is reader:
+                    names.append(task_name(obj))
+                    break
+                node = node.prev
+    return sorted(names)
 
 
 def task_name(task: object) -> str:
@@ -103,28 +114,26 @@ def task_name(task: object) -> str:
 
 
 class _Section:
-    """One open ``async with`` section: the phase it counts in, its context."""
+    """One open ``async with`` section: the phase it counts in, its context.
 
-    __slots__ = ("open", "phase", "prev", "reader", "task")
+    Built without ``__init__`` (the attributes are stored by the caller):
+    a Python-level constructor call would cost more than the section itself.
+    """
 
-    def __init__(
-        self, reader: ReadSection, phase: int, prev: _Section | None, task: object | None
-    ) -> None:
-        self.reader = reader
-        self.phase = phase
-        self.prev = prev
-        self.task = task
-        self.open = True
+    __slots__ = ("open", "phase", "prev", "reader")
+    open: bool
+    phase: int
+    prev: _Section | None
+    reader: ReadSection
 
     def __del__(self) -> None:
         # The context that held this record is gone (task or async generator
         # dropped mid-section, loop closed): the section can never be left
         # normally, so release it instead of blocking grace periods forever.
         if self.open:
-            try:
+            # At interpreter shutdown modules may already be half gone.
+            with contextlib.suppress(Exception):
                 self.reader._collected(self)
-            except Exception:  # interpreter shutdown: modules may be gone
-                pass
 
 
 class ReadSection:
@@ -140,13 +149,12 @@ class ReadSection:
         "__weakref__",
         "_core",
         "_var",
+        "ctl",
         "depth",
         "domain_name",
         "flags",
         "flags_ptr",
-        "ctl",
         "ident",
-        "loop",
         "orphans",
         "owner",
         "phase",
@@ -176,7 +184,6 @@ class ReadSection:
         self.phase = 0  # the phase they count in (valid while depth > 0)
         self.tasks = [0, 0]  # open `async with` sections per phase
         self.orphans: list[int] = []  # releases queued by other threads, see module doc
-        self.loop: object | None = None
 
     # -- thread sections ---------------------------------------------------
     def __enter__(self) -> None:
@@ -260,14 +267,14 @@ class ReadSection:
         prev = var.get()
         while prev is not None and not prev.open:
             prev = prev.prev
-        if prev is None:
-            p = self.ctl[0]
-        else:
-            p = prev.phase  # nested in an open section of this context: join it
-        task = _asyncio_current_tasks.get(self.loop)
-        if task is None:
-            task = self._find_task()
-        var.set(_Section(self, p, prev, task))
+        # Nested in an open section of this context: join its phase.
+        p = self.ctl[0] if prev is None else prev.phase
+        node = _Section()
+        node.open = True
+        node.phase = p
+        node.prev = prev
+        node.reader = self
+        var.set(node)
         # No calls from here to the flag store: under the GIL nothing else
         # can run in between (see _collected).
         counts = self.tasks
@@ -330,19 +337,15 @@ class ReadSection:
             if self.ctl[2 + p]:
                 self._core.wake()
 
-    def _find_task(self) -> object | None:
-        self.loop, task = _find_task()
-        return task
-
     # -- releases requested by other threads ----------------------------------
     def _collected(self, node: _Section) -> None:
         node.open = False
         owner = self.thread()
         logger.warning(
-            "an async read section of domain %r (task %s, thread %r) was garbage-collected "
-            "while open; releasing it. Leave sections before dropping a task or generator.",
+            "an async read section of domain %r on thread %r was garbage-collected while "
+            "open (its task or async generator was dropped); releasing it. Leave sections "
+            "before dropping a task or generator.",
             self.domain_name,
-            task_name(node.task) if node.task is not None else "unknown",
             owner.name if owner is not None else "<exited>",
         )
         if self.ident is not None and self.owner == get_ident() and self.ident != _ATTENTION:
@@ -469,19 +472,17 @@ def delayed_reader_class(delay: Callable[[], None]) -> type[ReadSection]:
     """
     base = READER_CLASS
 
-    class DelayedReadSection(base):  # type: ignore[valid-type,misc]
-        __slots__ = ()
+    def __enter__(self: ReadSection) -> None:
+        if self.depth or self.ident != get_ident():
+            return base.__enter__(self)
+        p = self.ctl[0]
+        delay()
+        self.flags[p] = 1
+        if not _lowlevel.MEMBARRIER:
+            _lowlevel.fence()  # F1
+        self.phase = p
+        self.depth = 1
+        return None
 
-        def __enter__(self) -> None:
-            if self.depth or self.ident != get_ident():
-                return base.__enter__(self)
-            p = self.ctl[0]
-            delay()
-            self.flags[p] = 1
-            if not _lowlevel.MEMBARRIER:
-                _lowlevel.fence()
-            self.phase = p
-            self.depth = 1
-            return None
-
-    return DelayedReadSection
+    # Same slots as the base, so existing readers can switch class in place.
+    return type("DelayedReadSection", (base,), {"__slots__": (), "__enter__": __enter__})

@@ -15,6 +15,7 @@ exits after a few idle seconds, so an idle domain holds no thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 from collections.abc import Callable
@@ -45,10 +46,9 @@ def threadsafe_setter(event: anyio.Event) -> Callable[[], None]:
         loop = asyncio.get_running_loop()
 
         def notify_asyncio() -> None:
-            try:
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # the loop closed; nobody is waiting any more
-                pass
 
         return notify_asyncio
     if library == "trio":
@@ -56,10 +56,8 @@ def threadsafe_setter(event: anyio.Event) -> Callable[[], None]:
         token = trio.lowlevel.current_trio_token()
 
         def notify_trio() -> None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(event.set)
-            except trio.RunFinishedError:
-                pass
 
         return notify_trio
     raise AiorcuError(f"aiorcu supports asyncio and trio, not {library!r}")
@@ -126,11 +124,8 @@ class GraceWorker:
                 self._cond.notify()
 
     def withdraw(self, waiter: Waiter) -> None:
-        with self._cond:
-            try:
-                self._waiters.remove(waiter)
-            except ValueError:
-                pass  # already served
+        with self._cond, contextlib.suppress(ValueError):  # ValueError: already served
+            self._waiters.remove(waiter)
 
     def _main(self) -> None:
         me = threading.current_thread()

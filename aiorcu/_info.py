@@ -1,0 +1,34 @@
+"""Show which barrier backend this process uses and why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+
+from ._domain import backend_info
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = backend_info()
+    facts = {
+        "backend": info.mechanism,
+        "membarrier": info.membarrier,
+        "fallback_reason": info.reason,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "AIORCU_MEMBARRIER": os.environ.get("AIORCU_MEMBARRIER"),
+    }
+    if args.json:
+        print(json.dumps(facts))
+        return 0
+    width = max(len(k) for k in facts)
+    for key, value in facts.items():
+        print(f"{key:<{width}}  {value if value is not None else '-'}")
+    return 0
