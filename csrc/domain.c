@@ -92,28 +92,39 @@ uint8_t *aiorcu_slot_flags(struct aiorcu_domain *d, int slot)
     return (uint8_t *)aiorcu__slot(d, slot)->flags;
 }
 
-/* Forget whatever sections the slot's owner left open.  Used when the owner
- * thread is gone (exit, fork) or its sections were garbage-collected. */
-void aiorcu_slot_clear(struct aiorcu_domain *d, int slot)
+static void clear_flags(struct aiorcu_slot *s)
 {
-    struct aiorcu_slot *s = aiorcu__slot(d, slot);
     for (int f = 0; f < AIORCU_NFLAGS; f++)
         /* Release: whatever the releasing thread did before is ordered before
-         * a writer's scan that sees the zero (pairs with the scan's load). */
+         * a writer's scan that sees the zero (pairs with the scan's load and
+         * the M3 that follows it). */
         atomic_store_explicit(&s->flags[f], 0, memory_order_release);
+}
+
+/* Forget whatever sections the slot's owner left open, keeping the slot.
+ * Used when those sections can never be left normally. */
+void aiorcu_slot_clear(struct aiorcu_domain *d, int slot)
+{
+    pthread_mutex_lock(&d->registry_lock);
+    clear_flags(aiorcu__slot(d, slot));
+    pthread_mutex_unlock(&d->registry_lock);
     aiorcu_wake(d);
 }
 
+/* Frees the slot of a thread that is gone.  The flags are cleared before the
+ * slot is marked free, under the registry lock: once another thread can
+ * allocate the slot, nothing of the old owner's may touch it again. */
 void aiorcu_slot_release(struct aiorcu_domain *d, int slot)
 {
     pthread_mutex_lock(&d->registry_lock);
     struct aiorcu_slot *s = aiorcu__slot(d, slot);
     if (s->in_use) {
+        clear_flags(s);
         s->in_use = 0;
         d->slots_live--;
     }
     pthread_mutex_unlock(&d->registry_lock);
-    aiorcu_slot_clear(d, slot);
+    aiorcu_wake(d);
 }
 
 /* Lists the slots that still hold `phase` open, with how long each has
