@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 STRESS_SECONDS ?= 10
 
-.PHONY: install demo test lint typecheck pytest torture csan tsan model docs docs-check bench soak clean
+.PHONY: install demo test lint typecheck pytest torture docs docs-check bench soak clean
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/aiorcu demo
 
 # Every check, in the order a failure is cheapest to see.
-test: install lint typecheck pytest torture csan model docs-check
+test: install lint typecheck pytest torture docs-check
 
 lint: install
 	$(BIN)/ruff check aiorcu tests examples csrc
@@ -38,15 +38,6 @@ torture: install
 	$(BIN)/aiorcu torture --seconds 8
 	$(BIN)/aiorcu torture --seconds 4 --busted --expect-failure
 
-csan: install
-	bash tests/lowlevel/run.sh sanitize
-
-tsan: install
-	bash tests/lowlevel/run.sh tsan
-
-model:
-	bash csrc/model/check.sh
-
 docs: install
 	$(BIN)/mkdocs build --strict
 
@@ -60,4 +51,4 @@ soak: install
 	$(BIN)/aiorcu torture --seconds 600 --report-rss
 
 clean:
-	rm -rf build site csrc/build aiorcu/*.so aiorcu/_aiorcu_cffi.c
+	rm -rf build site csrc/build csrc/*.o aiorcu/*.so aiorcu/_aiorcu_cffi.c

@@ -47,16 +47,27 @@ class _ThreadSentinel:
 
 
 class _ReaderLocal(threading.local):
+    """Per-thread reader of one domain, registered on a thread's first read."""
+
     reader: ReadSection
     sentinel: _ThreadSentinel
 
     def __init__(self, domain_ref: weakref.ref[Domain]) -> None:
-        # threading.local calls this once in each thread, on first access.
-        domain = domain_ref()
+        # threading.local runs this in every thread that touches the object,
+        # including the constructing one: it must not register a reader.
+        self.domain_ref = domain_ref
+
+    def __getattr__(self, name: str) -> ReadSection:
+        # Only reached while this thread has no reader yet.
+        if name != "reader":
+            raise AttributeError(name)
+        domain = self.domain_ref()
         if domain is None:
             raise AiorcuError("the domain was garbage-collected")
-        self.reader = domain._register_reader()
-        self.sentinel = _ThreadSentinel(domain, self.reader)
+        reader = domain._register_reader()
+        self.reader = reader
+        self.sentinel = _ThreadSentinel(domain, reader)
+        return reader
 
 
 @final

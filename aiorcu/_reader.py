@@ -223,6 +223,13 @@ class ReadSection:
         self.__enter__()
 
     def _exit_slow(self) -> None:
+        me = get_ident()
+        if self.owner != me and self.ident is not None:
+            # Left on a foreign thread (a generator resumed elsewhere): the
+            # owner closes the section at its next one; the caller learns.
+            if self.depth > 0:
+                self._queue_release(_THREAD_SECTION)
+            self._wrong_thread()
         self._attend()
         if self.depth <= 0:
             raise RcuUsageError(

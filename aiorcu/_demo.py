@@ -1,0 +1,211 @@
+"""Watch RCU work: threads and asyncio tasks read while a writer replaces the config.
+
+A shared configuration object is published through one reference.  Reader
+threads (``with domain.read():``) and reader tasks (``async with
+domain.read():``, awaiting inside the section) load it and use it.  Writers
+(a thread using ``synchronize_blocking()`` and a task using ``await
+synchronize()``) publish a new version, wait for a grace period, and only
+then retire the old one, marking it dead, the way a real program would free
+it or revoke access to it.
+
+Every reader checks, before leaving its section, that the version it loaded
+has not been retired.  The run prints a summary with the domain's statistics
+and exits 0 when no reader ever saw a retired version, 1 otherwise.  With
+``--busted`` the grace periods stop waiting (a deliberately broken domain),
+and the demo is expected to catch it and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import threading
+import time
+
+import aiorcu
+
+from . import _testing
+
+
+@dataclasses.dataclass
+class Config:
+    """One published version; ``retired`` is set after its grace period."""
+
+    version: int
+    limits: dict[str, int]
+    retired: bool = False
+
+
+@dataclasses.dataclass
+class Tally:
+    reads: int = 0
+    violations: int = 0
+    publishes: int = 0
+    max_grace_ns: int = 0
+    first_violation: str | None = None
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def saw_retired(self, who: str, version: int) -> None:
+        with self.lock:
+            self.violations += 1
+            if self.first_violation is None:
+                self.first_violation = f"{who} still used version {version} after it was retired"
+
+    def grace(self, ns: int) -> None:
+        with self.lock:
+            self.publishes += 1
+            self.max_grace_ns = max(self.max_grace_ns, ns)
+
+
+class Published:
+    """The shared reference plus the writers' lock (writers serialize, readers never wait)."""
+
+    def __init__(self) -> None:
+        self.current = Config(0, {"rps": 100})
+        self.write_lock = threading.Lock()
+        self.next_version = 1
+
+    def swap(self) -> Config:
+        with self.write_lock:
+            old = self.current
+            # Copy, update the copy, publish it with one reference store.
+            limits = dict(old.limits, rps=100 + self.next_version % 50)
+            self.current = Config(self.next_version, limits)
+            self.next_version += 1
+            return old
+
+
+def _thread_reader(
+    domain: aiorcu.Domain, shared: Published, tally: Tally, stop: threading.Event, pause: bool
+) -> None:
+    name = threading.current_thread().name
+    reads = 0
+    while not stop.is_set():
+        with domain.read():
+            config = shared.current
+            budget = config.limits["rps"]
+            if pause and reads % 64 == 0:
+                time.sleep(0.0002)  # readers may block inside a section; writers wait
+            if config.retired or budget <= 0:
+                tally.saw_retired(name, config.version)
+        reads += 1
+    with tally.lock:
+        tally.reads += reads
+
+
+def _thread_writer(
+    domain: aiorcu.Domain, shared: Published, tally: Tally, stop: threading.Event
+) -> None:
+    while not stop.wait(0.002):
+        old = shared.swap()
+        t0 = time.perf_counter_ns()
+        domain.synchronize_blocking()
+        tally.grace(time.perf_counter_ns() - t0)
+        old.retired = True  # safe: no reader that could see `old` is still inside
+
+
+async def _async_side(
+    domain: aiorcu.Domain, shared: Published, tally: Tally, seconds: float, tasks: int
+) -> None:
+    stop = asyncio.Event()
+
+    async def reader(name: str) -> None:
+        reads = 0
+        while not stop.is_set():
+            async with domain.read():
+                config = shared.current
+                await asyncio.sleep(0)  # other tasks run while this one is inside
+                if config.retired:
+                    tally.saw_retired(name, config.version)
+            reads += 1
+        with tally.lock:
+            tally.reads += reads
+
+    async def writer() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.003)
+            old = shared.swap()
+            t0 = time.perf_counter_ns()
+            await domain.synchronize()
+            tally.grace(time.perf_counter_ns() - t0)
+            old.retired = True
+
+    workers = [
+        asyncio.create_task(reader(f"reader-task-{i}"), name=f"reader-task-{i}")
+        for i in range(tasks)
+    ]
+    workers.append(asyncio.create_task(writer(), name="writer-task"))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*workers)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=3.0, help="how long to run (default: 3)")
+    parser.add_argument("--threads", type=int, default=2, help="reader threads (default: 2)")
+    parser.add_argument("--tasks", type=int, default=8, help="reader tasks (default: 8)")
+    parser.add_argument(
+        "--busted",
+        action="store_true",
+        help="negative control: grace periods do not wait; the demo must catch it and exit 1",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    domain = aiorcu.Domain(name="demo")
+    if args.busted:
+        _testing.set_busted(domain)
+    shared = Published()
+    tally = Tally()
+    stop = threading.Event()
+    threads = [
+        threading.Thread(
+            target=_thread_reader,
+            args=(domain, shared, tally, stop, True),
+            name=f"reader-thread-{i}",
+        )
+        for i in range(args.threads)
+    ]
+    threads.append(
+        threading.Thread(target=_thread_writer, args=(domain, shared, tally, stop), name="writer")
+    )
+    info = aiorcu.backend_info()
+    print(
+        f"aiorcu demo: {args.threads} reader threads, {args.tasks} reader tasks, "
+        f"2 writers, {args.seconds:g} s, backend {info.mechanism}"
+        + (" [BUSTED grace periods]" if args.busted else ""),
+        flush=True,
+    )
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    try:
+        asyncio.run(_async_side(domain, shared, tally, args.seconds, args.tasks))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    elapsed = time.perf_counter() - started
+    stats = domain.stats()
+    lines = [
+        ("reads", f"{tally.reads:,} ({tally.reads / elapsed:,.0f}/s)"),
+        ("versions published", f"{tally.publishes:,}"),
+        ("grace periods", f"{stats.grace_periods:,}"),
+        ("membarrier calls", f"{stats.membarrier_calls:,}"),
+        ("offloaded waits", f"{stats.offloaded_waits:,}"),
+        ("stall warnings", f"{stats.stall_warnings:,}"),
+        ("max grace period", f"{tally.max_grace_ns / 1e6:.2f} ms"),
+        ("retired versions seen", f"{tally.violations:,}"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"  {key:<{width}}  {value}")
+    if tally.violations:
+        print(f"FAILED: {tally.first_violation}")
+        return 1
+    if tally.publishes == 0 or tally.reads == 0:
+        print("FAILED: the run was too short to read or publish anything")
+        return 1
+    print("OK: no reader ever used a retired version")
+    return 0
