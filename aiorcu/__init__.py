@@ -6,6 +6,7 @@ hardware).  Built on a C core that uses Linux membarrier(2) so readers run no
 memory barriers at all.
 """
 
+from ._cell import RcuCell
 from ._domain import Domain, backend_info, global_domain
 from ._errors import (
     AccessDenied,
@@ -24,6 +25,7 @@ __all__ = [
     "Domain",
     "DomainStatistics",
     "GracePeriodTimeout",
+    "RcuCell",
     "RcuUsageError",
     "ReadSection",
     "TransactionRejected",

@@ -10,13 +10,16 @@ import os
 import threading
 import weakref
 from _thread import get_ident
-from typing import Final, final
+from collections.abc import Callable
+from typing import Any, Final, final
 
-from . import _lowlevel
+import anyio
+
+from . import _callbacks, _lowlevel
 from ._errors import AiorcuError, GracePeriodTimeout, RcuUsageError
 from ._reader import READER_CLASS, ReadSection, _Section, tasks_inside
 from ._records import BackendInfo, DomainStatistics
-from ._worker import GraceWorker
+from ._worker import GraceWorker, Waiter, threadsafe_setter
 
 logger = logging.getLogger("aiorcu")
 
@@ -106,6 +109,7 @@ class Domain:
         self._stall_warnings = 0
         self._busted = False
         self._worker = GraceWorker(self.name, self._run_for_worker, self._core.completed)
+        self._callbacks = _callbacks.CallbackWorker(self.name, self._grace_period_for_callbacks)
         self._local = _ReaderLocal(weakref.ref(self))
         # The read path is the hot path: an instance attribute that is a C
         # partial of getattr costs no Python frame.  `read` below documents it.
@@ -167,11 +171,21 @@ class Domain:
         True when this thread has an open ``with`` section, or this task's
         context has an open ``async with`` section.
         """
-        node = self._var.get()
-        if node is not None and node.open:
-            return True
         reader = self._by_ident.get(get_ident())
-        return reader is not None and reader.depth > 0
+        return (reader is not None and reader.depth > 0) or self._task_inside()
+
+    def _task_inside(self) -> bool:
+        """Whether this context has an open ``async with`` section of the domain.
+
+        Closed records stay in the context until its next section, so walk
+        past them to the innermost open one.
+        """
+        node = self._var.get()
+        while node is not None:
+            if node.open:
+                return True
+            node = node.prev
+        return False
 
     def _require_inside(self, what: str) -> None:
         if not self._inside():
@@ -200,24 +214,7 @@ class Domain:
             GracePeriodTimeout: ``timeout`` passed first.  The domain stays
                 consistent; later grace periods still wait for every reader.
         """
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
-        self._check_blocking_allowed("synchronize_blocking()")
-        reader = self._current_reader()
-        timeout_ns = -1 if timeout is None else int(timeout * 1e9)
-        rc = self._core.synchronize(
-            self._core.snapshot(),
-            timeout_ns,
-            _lowlevel.SYNC_BUSTED if self._busted else 0,
-            reader.slot if reader is not None else -1,
-        )
-        if rc == _lowlevel.TIMEDOUT:
-            raise GracePeriodTimeout(
-                f"grace period of domain {self.name!r} did not complete within {timeout} s; "
-                f"still inside: {self._describe_blocking() or 'nobody now'}. The domain is "
-                "consistent: retry, or find the reader that does not leave its section"
-            )
-        self._raise_for(rc)
+        self._wait_blocking(self._core.snapshot(), timeout, "synchronize_blocking()")
 
     async def synchronize(self) -> None:
         """Waits for a grace period without blocking the event loop.
@@ -234,21 +231,64 @@ class Domain:
             RcuUsageError: The calling task (its context) or this thread's
                 ``with`` code is inside a read section of the domain.
         """
-        node = self._var.get()
+        await self._wait(self._core.snapshot(), "await synchronize()")
+
+    def _wait_blocking(self, target: int, timeout: float | None, what: str) -> None:
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+        if self._core.completed() >= target:
+            return
+        self._check_blocking_allowed(what)
         reader = self._current_reader()
-        if (node is not None and node.open) or (reader is not None and reader.depth):
+        timeout_ns = -1 if timeout is None else int(timeout * 1e9)
+        rc = self._core.synchronize(
+            target,
+            timeout_ns,
+            _lowlevel.SYNC_BUSTED if self._busted else 0,
+            reader.slot if reader is not None else -1,
+        )
+        if rc == _lowlevel.TIMEDOUT:
+            raise GracePeriodTimeout(
+                f"grace period of domain {self.name!r} did not complete within {timeout} s; "
+                f"still inside: {self._describe_blocking() or 'nobody now'}. The domain is "
+                "consistent: retry, or find the reader that does not leave its section"
+            )
+        self._raise_for(rc)
+
+    def _check_async_allowed(self, what: str) -> None:
+        """Raises if an async wait would wait for the calling task's own section.
+
+        Other tasks' sections on this loop do not count: they close while
+        this task waits.
+        """
+        if _callbacks.in_callback():
+            raise RcuUsageError(self._in_callback_message(what))
+        reader = self._current_reader()
+        if self._task_inside() or (reader is not None and reader.depth):
             raise RcuUsageError(
-                f"await synchronize() called inside a read section of domain {self.name!r} "
+                f"{what} called inside a read section of domain {self.name!r} "
                 "held by this task; it would wait for itself. Leave the section first, "
                 "or use call_after_grace_period()"
             )
-        target = self._core.snapshot()
+
+    async def _wait(self, target: int, what: str) -> None:
+        self._check_async_allowed(what)
+        reader = self._current_reader()
+        if self._core.completed() >= target:
+            return
         flags = _lowlevel.SYNC_TRY | (_lowlevel.SYNC_BUSTED if self._busted else 0)
         rc = self._core.synchronize(target, 0, flags, reader.slot if reader is not None else -1)
         if rc == _lowlevel.BUSY:
             await self._worker.wait(target)
             return
         self._raise_for(rc)
+
+    def _in_callback_message(self, what: str) -> str:
+        return (
+            f"{what} called from an RCU callback of domain {self.name!r}; callbacks run on "
+            "the domain's callback thread, which would wait for itself. Queue more work "
+            "with call_after_grace_period() instead"
+        )
 
     def _run_for_worker(self, target: int) -> BaseException | None:
         flags = _lowlevel.SYNC_BUSTED if self._busted else 0
@@ -270,13 +310,110 @@ class Domain:
             raise AiorcuError(f"grace period failed with code {rc}")
 
     def _check_blocking_allowed(self, what: str) -> None:
-        node = self._var.get()
+        if _callbacks.in_callback():
+            raise RcuUsageError(self._in_callback_message(what))
         reader = self._current_reader()
-        if (node is not None and node.open) or (reader is not None and reader.inside_on_thread()):
+        if self._task_inside() or (reader is not None and reader.inside_on_thread()):
             raise RcuUsageError(
                 f"{what} called inside a read section on this thread; it would wait for "
                 "itself. Leave the section first or use call_after_grace_period()"
             )
+
+    # -- deferred reclamation and polling --------------------------------------
+    def call_after_grace_period(self, fn: Callable[..., Any], /, *args: Any) -> None:
+        """Runs ``fn(*args)`` on the domain's callback thread after a grace period.
+
+        The way to retire an object without blocking: publish the change,
+        then queue its clean-up.  Queueing only appends to a deque; callbacks
+        queued together share one grace period and run in the order queued.
+        An exception in a callback is logged on the ``aiorcu`` logger and the
+        others still run.  At interpreter exit, queued callbacks run if their
+        grace period completes within about a second; the rest are reported.
+        """
+        self._callbacks.call(fn, args)
+
+    def barrier_blocking(self) -> None:
+        """Returns once every callback queued before the call has run.
+
+        Raises:
+            RcuUsageError: Called from a callback, or inside a read section.
+        """
+        self._check_barrier_allowed("barrier_blocking()")
+        done = threading.Event()
+        self._callbacks.call(done.set, ())
+        done.wait()
+
+    async def barrier(self) -> None:
+        """Waits, without blocking the loop, until every callback queued before ran.
+
+        Cancellation: a cancelled call returns promptly; the callbacks still run.
+
+        Raises:
+            RcuUsageError: Called from a callback, or inside a read section.
+        """
+        self._check_barrier_allowed("await barrier()")
+        event = anyio.Event()
+        self._callbacks.call(threadsafe_setter(event), ())
+        await event.wait()
+
+    def _check_barrier_allowed(self, what: str) -> None:
+        if _callbacks.in_callback():
+            raise RcuUsageError(self._in_callback_message(what))
+        if self._inside() or self._check_thread_inside():
+            raise RcuUsageError(
+                f"{what} called inside a read section of domain {self.name!r}; callbacks "
+                "wait for a grace period that waits for this section. Leave the section first"
+            )
+
+    def _check_thread_inside(self) -> bool:
+        reader = self._current_reader()
+        return reader is not None and reader.inside_on_thread()
+
+    def _grace_period_for_callbacks(self) -> None:
+        # The callback thread owns no reader slot; stall warnings still apply.
+        self._raise_for(
+            self._core.synchronize(
+                self._core.snapshot(), -1, _lowlevel.SYNC_BUSTED if self._busted else 0, -1
+            )
+        )
+
+    def snapshot(self) -> int:
+        """Returns a token for the first grace period that starts after this call.
+
+        Starts nothing and costs a fence.  Tokens are Python ints that never
+        wrap; once :meth:`poll` says a token is complete it stays complete.
+        """
+        return self._core.snapshot()
+
+    def start_grace_period(self) -> int:
+        """Like :meth:`snapshot`, and makes sure that grace period will run.
+
+        The domain's grace-period thread runs it even if nobody waits.
+        """
+        token = self._core.snapshot()
+        if self._core.completed() < token:
+            self._worker.submit(Waiter(token, _nothing))
+        return token
+
+    def poll(self, token: int) -> bool:
+        """Whether the grace period named by ``token`` has completed."""
+        return self._core.completed() >= token
+
+    def wait_blocking(self, token: int, timeout: float | None = None) -> None:
+        """Blocks until the grace period named by ``token`` completed.
+
+        Raises:
+            RcuUsageError: Called inside a read section or from a callback.
+            GracePeriodTimeout: ``timeout`` seconds passed first.
+        """
+        self._wait_blocking(token, timeout, "wait_blocking()")
+
+    async def wait(self, token: int) -> None:
+        """Waits, without blocking the loop, until ``token`` completed.
+
+        Cancellation: as for :meth:`synchronize`.
+        """
+        await self._wait(token, "await wait()")
 
     # -- stalls ---------------------------------------------------------------
     def _on_stall(self, waited_ns: int, stage: int, phase: int) -> None:
@@ -342,7 +479,7 @@ class Domain:
             readers_active=sum(r.open_sections() for r in readers),
             offloaded_waits=self._worker.offloaded,
             stall_warnings=self._stall_warnings,
-            callbacks_pending=0,
+            callbacks_pending=self._callbacks.pending,
             barriers_elided=core["barriers_elided"],
             barrier_fallbacks=core["barrier_fallbacks"],
             writer_sleeps=core["futex_sleeps"],
@@ -370,6 +507,11 @@ class Domain:
             keep.orphans.clear()
         self._core.after_fork(keep.slot if keep is not None else -1)
         self._worker.after_fork()
+        self._callbacks.after_fork()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _after_fork_child() -> None:

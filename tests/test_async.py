@@ -261,3 +261,15 @@ async def test_stall_warning_names_the_task(caplog: pytest.LogCaptureFixture) ->
     text = caplog.text
     assert "has waited" in text and "slow-reader-task" in text
     assert d.stats().stall_warnings >= 1
+
+
+async def test_inside_after_nested_section_closed() -> None:
+    d = aiorcu.Domain(name="nested-async")
+    async with d.read():
+        async with d.read():
+            pass
+        assert d._inside()  # the outer section is still open
+        with pytest.raises(aiorcu.RcuUsageError, match="held by this task"):
+            await d.synchronize()
+    assert not d._inside()
+    await d.synchronize()

@@ -1,0 +1,83 @@
+"""Polled grace periods: snapshot, start_grace_period, poll, wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+import pytest
+
+import aiorcu
+
+
+def test_snapshot_starts_nothing_and_tokens_stay_complete() -> None:
+    d = aiorcu.Domain(name="poll")
+    token = d.snapshot()
+    assert isinstance(token, int)
+    time.sleep(0.05)
+    assert not d.poll(token)  # nothing ran a grace period
+    d.wait_blocking(token)
+    assert d.poll(token)
+    for _ in range(3):
+        d.synchronize_blocking()
+    assert d.poll(token)  # complete forever
+    assert d.snapshot() > token
+
+
+def test_start_grace_period_runs_one_without_a_waiter() -> None:
+    d = aiorcu.Domain(name="start")
+    token = d.start_grace_period()
+    deadline = time.monotonic() + 10
+    while not d.poll(token) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert d.poll(token)
+
+
+def test_wait_blocking_timeout_and_misuse() -> None:
+    d = aiorcu.Domain(name="poll-timeout")
+    entered, leave = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with d.read():
+            entered.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert entered.wait(5)
+    token = d.snapshot()
+    with pytest.raises(aiorcu.GracePeriodTimeout):
+        d.wait_blocking(token, timeout=0.05)
+    assert not d.poll(token)
+    leave.set()
+    t.join()
+    d.wait_blocking(token, timeout=10)
+    with d.read(), pytest.raises(aiorcu.RcuUsageError, match="wait_blocking"):
+        d.wait_blocking(d.snapshot())
+
+
+@pytest.mark.anyio
+async def test_async_wait_and_cancellation() -> None:
+    d = aiorcu.Domain(name="poll-async")
+    token = d.snapshot()
+    await d.wait(token)
+    assert d.poll(token)
+    entered, leave = anyio.Event(), anyio.Event()
+
+    async def reader() -> None:
+        async with d.read():
+            entered.set()
+            await leave.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await entered.wait()
+        token = d.snapshot()
+        with anyio.move_on_after(0.05) as scope:
+            await d.wait(token)
+        assert scope.cancelled_caught
+        assert d._worker.pending == 0
+        leave.set()
+        await d.wait(token)
+    assert d.poll(token)
