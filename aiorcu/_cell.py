@@ -16,11 +16,11 @@ T = TypeVar("T")
 class RcuCell(Generic[T]):
     """Holds one published object; readers use it, writers swap it.
 
-    Readers call :meth:`get` inside a read section of the cell's domain and
-    may use the object until the section ends.  Writers :meth:`publish` a new
+    Readers call `get()` inside a read section of the cell's domain and
+    may use the object until the section ends.  Writers `publish()` a new
     object (readers that start afterwards see it at once) and retire the old
     one only after a grace period, when no reader can still hold it:
-    :meth:`replace_blocking`, ``await`` :meth:`replace`, or :meth:`update`,
+    `replace_blocking()`, ``await`` `replace()`, or `update()`,
     which defers the retirement to the domain's callback thread.
 
     ``get()`` costs one check that the caller is inside a section and an
@@ -69,7 +69,7 @@ class RcuCell(Generic[T]):
         """Publishes ``new`` without waiting and returns the old object.
 
         The old object may still be in use by readers: retire it only after
-        a grace period (or use :meth:`replace_blocking`/:meth:`replace`).
+        a grace period (or use `replace_blocking()`/`replace()`).
         """
         with self._lock:
             old = self._value

@@ -83,13 +83,13 @@ class Domain:
     and no memory barrier when membarrier(2) is available.
 
     A writer publishes a change, then waits for a *grace period* with
-    :meth:`synchronize_blocking` or ``await`` :meth:`synchronize`: once it
+    `synchronize_blocking()` or ``await`` `synchronize()`: once it
     returns, every read section that began before the call has ended, so no
     reader can still be using what the change removed.
 
     Domains are independent: a long reader in one never delays grace periods
     of another.  Most programs need one per kind of shared state, or just
-    :func:`global_domain`.
+    `global_domain()`.
 
     Args:
         name: Shown in logs, stall warnings and reprs.  Defaults to
@@ -381,12 +381,12 @@ class Domain:
         """Returns a token for the first grace period that starts after this call.
 
         Starts nothing and costs a fence.  Tokens are Python ints that never
-        wrap; once :meth:`poll` says a token is complete it stays complete.
+        wrap; once `poll()` says a token is complete it stays complete.
         """
         return self._core.snapshot()
 
     def start_grace_period(self) -> int:
-        """Like :meth:`snapshot`, and makes sure that grace period will run.
+        """Like `snapshot()`, and makes sure that grace period will run.
 
         The domain's grace-period thread runs it even if nobody waits.
         """
@@ -411,7 +411,7 @@ class Domain:
     async def wait(self, token: int) -> None:
         """Waits, without blocking the loop, until ``token`` completed.
 
-        Cancellation: as for :meth:`synchronize`.
+        Cancellation: as for `synchronize()`.
         """
         await self._wait(token, "await wait()")
 

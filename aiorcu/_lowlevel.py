@@ -1,7 +1,7 @@
 """The only module that touches the compiled cffi ``ffi``/``lib``.
 
 Everything above it sees plain Python types: ints, memoryviews and the small
-:class:`CoreDomain` wrapper.  The barrier backend is chosen once, here, at
+`CoreDomain` wrapper.  The barrier backend is chosen once, here, at
 import: membarrier(2) PRIVATE_EXPEDITED when the kernel has it, plain fences
 when it does not or when ``AIORCU_MEMBARRIER=off``.
 """

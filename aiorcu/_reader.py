@@ -1,6 +1,6 @@
 """Read sections: the per-thread reader object and per-task section records.
 
-``domain.read()`` returns the calling thread's :class:`ReadSection`, one per
+``domain.read()`` returns the calling thread's `ReadSection`, one per
 (domain, thread), made once and reused, so a ``with`` section allocates
 nothing.  It keeps the thread's open-section counts as Python ints (they never
 wrap) and mirrors only their 0 <-> non-zero transitions into the flag bytes of
@@ -9,7 +9,7 @@ the thread's C slot, which writers scan.
 Thread sections (``with``) nest the way liburcu's do: the outermost takes the
 phase, inner ones join it, so they may close in any order (generators) without
 confusing the per-phase counts.  Task sections (``async with``) each take the
-current phase and remember it in a :class:`_Section` kept in a context
+current phase and remember it in a `_Section` kept in a context
 variable, so overlapping tasks on one loop never hold a grace period open
 forever (SRCU's two-index scheme).  A task section nested in an open one of
 the same context joins its phase, for the same reason as the thread case.
@@ -139,7 +139,7 @@ class _Section:
 class ReadSection:
     """A read section of one domain on one thread.
 
-    Returned by :meth:`Domain.read`; use it at once with ``with`` (thread
+    Returned by `Domain.read()`; use it at once with ``with`` (thread
     code) or ``async with`` (task code), never keep it for another thread.
     Entering costs a few plain stores to memory only this thread writes: no
     lock, no system call, no allocation for ``with``.

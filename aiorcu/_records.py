@@ -9,7 +9,7 @@ from typing import final
 @final
 @dataclasses.dataclass(frozen=True)
 class DomainStatistics:
-    """A snapshot of one domain's counters, from :meth:`Domain.stats`.
+    """A snapshot of one domain's counters, from `Domain.stats()`.
 
     Counters only grow, except the gauges ``threads_registered``,
     ``readers_active`` and ``callbacks_pending``.  ``readers_active`` is read
@@ -51,7 +51,7 @@ class DomainStatistics:
 @final
 @dataclasses.dataclass(frozen=True)
 class BackendInfo:
-    """Which barrier mechanism readers rely on, from :func:`backend_info`."""
+    """Which barrier mechanism readers rely on, from `backend_info()`."""
 
     membarrier: bool
     """True when writers use membarrier(2) and readers run no fences."""

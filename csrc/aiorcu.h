@@ -11,7 +11,7 @@
  * wrap; only their 0 <-> non-zero transitions are mirrored into the flags.
  *
  * The writer side (this file's functions) runs without the GIL.  See
- * ALGORITHM notes in docs/explanation/algorithm.md for the ordering argument;
+ * docs/explanation/memory-ordering.md for the ordering argument;
  * every barrier in grace.c names the reader access it pairs with.
  */
 #ifndef AIORCU_H
