@@ -10,7 +10,7 @@ import os
 import threading
 import weakref
 from _thread import get_ident
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, final
 
 import anyio
@@ -49,28 +49,68 @@ class _ThreadSentinel:
             pass
 
 
-class _ReaderLocal(threading.local):
-    """Per-thread reader of one domain, registered on a thread's first read."""
+class _FirstSection:
+    """What ``domain.read()`` returns on a thread that has no reader yet.
 
-    reader: ReadSection
-    sentinel: _ThreadSentinel
+    Registers the thread's reader, then behaves as it: only the first
+    section on each thread goes through here.  Every method acts on the
+    *calling* thread's reader, so one instance serves all threads.
+    """
 
-    def __init__(self, domain_ref: weakref.ref[Domain]) -> None:
-        # threading.local runs this in every thread that touches the object,
-        # including the constructing one: it must not register a reader.
-        self.domain_ref = domain_ref
+    __slots__ = ("_domain",)
 
-    def __getattr__(self, name: str) -> ReadSection:
-        # Only reached while this thread has no reader yet.
-        if name != "reader":
-            raise AttributeError(name)
-        domain = self.domain_ref()
-        if domain is None:
-            raise AiorcuError("the domain was garbage-collected")
-        reader = domain._register_reader()
-        self.reader = reader
-        self.sentinel = _ThreadSentinel(domain, reader)
+    def __init__(self, domain: Domain) -> None:
+        self._domain = domain
+
+    def _reader(self) -> ReadSection:
+        local = self._domain._local
+        reader: ReadSection | None = getattr(local, "reader", None)
+        if reader is None:
+            reader = self._domain._register_reader()
+            local.reader = reader
+            local.sentinel = _ThreadSentinel(self._domain, reader)
         return reader
+
+    def __enter__(self) -> None:
+        self._reader().__enter__()
+
+    def _entered(self) -> ReadSection:
+        """The reader a section was entered with, for leaving it.
+
+        A section entered here and left on another thread must reach the
+        entering thread's reader, which reports the misuse; registering a
+        reader for the leaving thread would hide it.
+        """
+        domain = self._domain
+        node = domain._var.get()
+        while node is not None and not node.open:
+            node = node.prev
+        if node is not None:
+            return node.reader
+        reader: ReadSection | None = getattr(domain._local, "reader", None)
+        if reader is None:
+            # Left on a thread that never read: the section belongs to some
+            # other thread; if only one has a `with` section open, it is it.
+            with domain._registry_lock:
+                open_readers = [r for r in domain._readers.values() if r.depth]
+            if len(open_readers) == 1:
+                return open_readers[0]
+            raise RcuUsageError(
+                f"a read section of domain {domain.name!r} was left on thread "
+                f"{threading.current_thread().name!r}, which never entered one; sections are "
+                "per thread: leave the section on the thread that entered it"
+            )
+        return reader
+
+    def __exit__(self, *exc: Any) -> None:
+        reader: ReadSection | None = getattr(self._domain._local, "reader", None)
+        (reader if reader is not None else self._entered()).__exit__(*exc)
+
+    def __aenter__(self) -> Awaitable[None]:
+        return self._reader().__aenter__()
+
+    def __aexit__(self, *exc: Any) -> Awaitable[None]:
+        return self._entered().__aexit__(*exc)
 
 
 @final
@@ -110,10 +150,14 @@ class Domain:
         self._busted = False
         self._worker = GraceWorker(self.name, self._run_for_worker, self._core.completed)
         self._callbacks = _callbacks.CallbackWorker(self.name, self._grace_period_for_callbacks)
-        self._local = _ReaderLocal(weakref.ref(self))
+        self._local = threading.local()
         # The read path is the hot path: an instance attribute that is a C
-        # partial of getattr costs no Python frame.  `read` below documents it.
-        self.__dict__["read"] = functools.partial(getattr, self._local, "reader")
+        # partial of getattr on a plain threading.local costs no Python frame
+        # (a local subclass with __getattr__ would cost ~70 ns more).  Threads
+        # without a reader get the shared _FirstSection.  `read` documents it.
+        self.__dict__["read"] = functools.partial(
+            getattr, self._local, "reader", _FirstSection(self)
+        )
         _domains.add(self)
 
     def read(self) -> ReadSection:
@@ -129,7 +173,7 @@ class Domain:
             The calling thread's reusable section object.  Use it right away;
             never hand it to another thread.
         """
-        return self._local.reader
+        return self.__dict__["read"]()  # type: ignore[no-any-return]
 
     # -- registry -----------------------------------------------------------
     def _register_reader(self) -> ReadSection:
@@ -214,6 +258,7 @@ class Domain:
             GracePeriodTimeout: ``timeout`` passed first.  The domain stays
                 consistent; later grace periods still wait for every reader.
         """
+        self._check_not_in_callback("synchronize_blocking()")
         self._wait_blocking(self._core.snapshot(), timeout, "synchronize_blocking()")
 
     async def synchronize(self) -> None:
@@ -231,6 +276,7 @@ class Domain:
             RcuUsageError: The calling task (its context) or this thread's
                 ``with`` code is inside a read section of the domain.
         """
+        self._check_not_in_callback("await synchronize()")
         await self._wait(self._core.snapshot(), "await synchronize()")
 
     def _wait_blocking(self, target: int, timeout: float | None, what: str) -> None:
@@ -261,8 +307,7 @@ class Domain:
         Other tasks' sections on this loop do not count: they close while
         this task waits.
         """
-        if _callbacks.in_callback():
-            raise RcuUsageError(self._in_callback_message(what))
+        self._check_not_in_callback(what)
         reader = self._current_reader()
         if self._task_inside() or (reader is not None and reader.depth):
             raise RcuUsageError(
@@ -282,13 +327,6 @@ class Domain:
             await self._worker.wait(target)
             return
         self._raise_for(rc)
-
-    def _in_callback_message(self, what: str) -> str:
-        return (
-            f"{what} called from an RCU callback of domain {self.name!r}; callbacks run on "
-            "the domain's callback thread, which would wait for itself. Queue more work "
-            "with call_after_grace_period() instead"
-        )
 
     def _run_for_worker(self, target: int) -> BaseException | None:
         flags = _lowlevel.SYNC_BUSTED if self._busted else 0
@@ -310,110 +348,13 @@ class Domain:
             raise AiorcuError(f"grace period failed with code {rc}")
 
     def _check_blocking_allowed(self, what: str) -> None:
-        if _callbacks.in_callback():
-            raise RcuUsageError(self._in_callback_message(what))
+        self._check_not_in_callback(what)
         reader = self._current_reader()
         if self._task_inside() or (reader is not None and reader.inside_on_thread()):
             raise RcuUsageError(
                 f"{what} called inside a read section on this thread; it would wait for "
                 "itself. Leave the section first or use call_after_grace_period()"
             )
-
-    # -- deferred reclamation and polling --------------------------------------
-    def call_after_grace_period(self, fn: Callable[..., Any], /, *args: Any) -> None:
-        """Runs ``fn(*args)`` on the domain's callback thread after a grace period.
-
-        The way to retire an object without blocking: publish the change,
-        then queue its clean-up.  Queueing only appends to a deque; callbacks
-        queued together share one grace period and run in the order queued.
-        An exception in a callback is logged on the ``aiorcu`` logger and the
-        others still run.  At interpreter exit, queued callbacks run if their
-        grace period completes within about a second; the rest are reported.
-        """
-        self._callbacks.call(fn, args)
-
-    def barrier_blocking(self) -> None:
-        """Returns once every callback queued before the call has run.
-
-        Raises:
-            RcuUsageError: Called from a callback, or inside a read section.
-        """
-        self._check_barrier_allowed("barrier_blocking()")
-        done = threading.Event()
-        self._callbacks.call(done.set, ())
-        done.wait()
-
-    async def barrier(self) -> None:
-        """Waits, without blocking the loop, until every callback queued before ran.
-
-        Cancellation: a cancelled call returns promptly; the callbacks still run.
-
-        Raises:
-            RcuUsageError: Called from a callback, or inside a read section.
-        """
-        self._check_barrier_allowed("await barrier()")
-        event = anyio.Event()
-        self._callbacks.call(threadsafe_setter(event), ())
-        await event.wait()
-
-    def _check_barrier_allowed(self, what: str) -> None:
-        if _callbacks.in_callback():
-            raise RcuUsageError(self._in_callback_message(what))
-        if self._inside() or self._check_thread_inside():
-            raise RcuUsageError(
-                f"{what} called inside a read section of domain {self.name!r}; callbacks "
-                "wait for a grace period that waits for this section. Leave the section first"
-            )
-
-    def _check_thread_inside(self) -> bool:
-        reader = self._current_reader()
-        return reader is not None and reader.inside_on_thread()
-
-    def _grace_period_for_callbacks(self) -> None:
-        # The callback thread owns no reader slot; stall warnings still apply.
-        self._raise_for(
-            self._core.synchronize(
-                self._core.snapshot(), -1, _lowlevel.SYNC_BUSTED if self._busted else 0, -1
-            )
-        )
-
-    def snapshot(self) -> int:
-        """Returns a token for the first grace period that starts after this call.
-
-        Starts nothing and costs a fence.  Tokens are Python ints that never
-        wrap; once `poll()` says a token is complete it stays complete.
-        """
-        return self._core.snapshot()
-
-    def start_grace_period(self) -> int:
-        """Like `snapshot()`, and makes sure that grace period will run.
-
-        The domain's grace-period thread runs it even if nobody waits.
-        """
-        token = self._core.snapshot()
-        if self._core.completed() < token:
-            self._worker.submit(Waiter(token, _nothing))
-        return token
-
-    def poll(self, token: int) -> bool:
-        """Whether the grace period named by ``token`` has completed."""
-        return self._core.completed() >= token
-
-    def wait_blocking(self, token: int, timeout: float | None = None) -> None:
-        """Blocks until the grace period named by ``token`` completed.
-
-        Raises:
-            RcuUsageError: Called inside a read section or from a callback.
-            GracePeriodTimeout: ``timeout`` seconds passed first.
-        """
-        self._wait_blocking(token, timeout, "wait_blocking()")
-
-    async def wait(self, token: int) -> None:
-        """Waits, without blocking the loop, until ``token`` completed.
-
-        Cancellation: as for `synchronize()`.
-        """
-        await self._wait(token, "await wait()")
 
     # -- stalls ---------------------------------------------------------------
     def _on_stall(self, waited_ns: int, stage: int, phase: int) -> None:
@@ -461,7 +402,14 @@ class Domain:
             details.append(f"{len(reader.orphans)} release(s) queued for this thread")
         if details:
             text += " [" + "; ".join(details) + "]"
-        if release_dead and (thread is None or not thread.is_alive()):
+        # Only a thread known to have stopped, outside interpreter shutdown
+        # (when even live daemon threads may look stopped), is released.
+        if (
+            release_dead
+            and thread is not None
+            and not thread.is_alive()
+            and threading.main_thread().is_alive()
+        ):
             self._thread_exited(reader)
             text += " - the thread has exited; its slot was released"
         return text
@@ -500,8 +448,12 @@ class Domain:
             if reader is not keep:
                 reader.thread_exited()
         self._registry_lock = threading.Lock()
-        self._readers = {keep.slot: keep} if keep is not None else {}
-        self._by_ident = {ident: keep} if keep is not None else {}
+        # Emptied in place: RcuCell keeps a reference to _by_ident.
+        self._readers.clear()
+        self._by_ident.clear()
+        if keep is not None:
+            self._readers[keep.slot] = keep
+            self._by_ident[ident] = keep
         if keep is not None:
             keep.pid = os.getpid()
             keep.orphans.clear()
@@ -509,9 +461,181 @@ class Domain:
         self._worker.after_fork()
         self._callbacks.after_fork()
 
+    # -- deferred reclamation and polling --------------------------------------
+    def call_after_grace_period(self, fn: Callable[..., Any], /, *args: Any) -> None:
+        """Runs ``fn(*args)`` on the domain's callback thread after a grace period.
 
-def _nothing() -> None:
-    pass
+        The way to retire an object without blocking a writer: publish the
+        change, then queue its clean-up.  Queueing only appends to a deque
+        (about the cost of two Python calls) and never waits.  Callbacks
+        queued together share one grace period and run in the order queued,
+        one at a time, on a daemon thread the domain starts on first use.  An
+        exception in a callback is logged with its traceback on the
+        ``aiorcu`` logger and the others still run.  A callback must not wait
+        for a grace period or a barrier of its domain (it would wait for
+        itself); it may queue more callbacks.
+
+        At interpreter exit, queued callbacks run if their grace period
+        completes within about a second; the rest are reported on the logger
+        and exit goes on.  A fork child starts with an empty queue.
+
+        Args:
+            fn: Called as ``fn(*args)`` on the callback thread.
+            *args: Passed to ``fn``; kept alive until it ran.
+        """
+        callbacks = self._callbacks
+        # Append first, then read `idle`: pairs with the worker's store of
+        # `idle` followed by its re-check of the queue (_callbacks._main).
+        callbacks.append((fn, args) if args else fn)  # see _callbacks.Entry
+        if callbacks.idle:
+            callbacks.wake()
+
+    def barrier_blocking(self) -> None:
+        """Blocks until every callback queued before the call has run.
+
+        Use it before tearing down what callbacks touch, or in tests.  It
+        queues a marker callback and waits for it, so it costs at least one
+        grace period.
+
+        Raises:
+            RcuUsageError: Called from a callback (the callback thread would
+                wait for itself), or on a thread that is inside a read section
+                of the domain (the callbacks' grace period would wait for it).
+        """
+        self._check_barrier_allowed("barrier_blocking()", self._check_thread_inside())
+        done = threading.Event()
+        self.call_after_grace_period(done.set)
+        done.wait()
+
+    async def barrier(self) -> None:
+        """Waits, without blocking the event loop, until every callback queued before ran.
+
+        Other tasks' read sections on this loop do not count: they close while
+        this task waits.
+
+        Cancellation: a cancelled call returns promptly; the callbacks it
+        waited for still run.
+
+        Raises:
+            RcuUsageError: Called from a callback, or inside a read section
+                held by the calling task (or this thread's ``with`` code).
+        """
+        reader = self._current_reader()
+        self._check_barrier_allowed("await barrier()", reader is not None and reader.depth > 0)
+        event = anyio.Event()
+        self.call_after_grace_period(threadsafe_setter(event))
+        await event.wait()
+
+    def _check_barrier_allowed(self, what: str, thread_inside: bool) -> None:
+        self._check_not_in_callback(what)
+        if thread_inside or self._task_inside():
+            raise RcuUsageError(
+                f"{what} called inside a read section of domain {self.name!r}; the "
+                "callbacks wait for a grace period that waits for this section. "
+                "Leave the section first"
+            )
+
+    def _check_thread_inside(self) -> bool:
+        reader = self._current_reader()
+        return reader is not None and reader.inside_on_thread()
+
+    def _check_not_in_callback(self, what: str) -> None:
+        """Raises if the caller is an RCU callback: it would wait for its own thread.
+
+        Writers' waits (synchronize*, wait*, barrier*) call this first.
+        """
+        if _callbacks.in_callback():
+            raise RcuUsageError(
+                f"{what} called from an RCU callback of domain {self.name!r}; callbacks "
+                "run on the domain's callback thread, which would wait for itself. Queue "
+                "more work with call_after_grace_period() instead"
+            )
+
+    def _grace_period_for_callbacks(self, timeout_ns: int) -> bool:
+        # The callback thread owns no reader slot; stall warnings still apply.
+        # snapshot() fences after the batch was taken (see _callbacks' doc).
+        flags = _lowlevel.SYNC_BUSTED if self._busted else 0
+        rc = self._core.synchronize(self._core.snapshot(), timeout_ns, flags, -1)
+        if rc == _lowlevel.TIMEDOUT:
+            return False
+        self._raise_for(rc)
+        return True
+
+    def snapshot(self) -> int:
+        """Returns a token naming the first grace period that starts after this call.
+
+        For writers that can do other work before retiring something: take a
+        token right after publishing, and later `poll()` it, or wait for it
+        with `wait_blocking()` or ``await`` `wait()`.  Starts nothing
+        and costs one fence, so a token nobody waits for completes only when
+        some other writer runs a grace period; see `start_grace_period()`.
+
+        Returns:
+            A Python int; it never wraps, and once complete a token stays
+            complete.
+        """
+        return self._core.snapshot()
+
+    def start_grace_period(self) -> int:
+        """Like `snapshot()`, and makes sure that grace period will run.
+
+        The domain's grace-period thread runs it even if nobody waits, so a
+        later `poll()` turns true on its own.  Costs a thread wake-up when
+        the grace period is not already complete.
+
+        Returns:
+            The token, as from `snapshot()`.
+        """
+        token = self._core.snapshot()
+        if self._core.completed() < token:
+            self._worker.submit(Waiter(token, lambda: None))
+        return token
+
+    def poll(self, token: int) -> bool:
+        """Whether the grace period named by ``token`` has completed.
+
+        Never waits and starts nothing: one atomic load.  Once true, true
+        forever.
+
+        Args:
+            token: From `snapshot()` or `start_grace_period()`.
+        """
+        return self._core.completed() >= token
+
+    def wait_blocking(self, token: int, timeout: float | None = None) -> None:
+        """Blocks until the grace period named by ``token`` completed.
+
+        Returns at once if it already has; otherwise runs (or shares) grace
+        periods like `synchronize_blocking()`.
+
+        Args:
+            token: From `snapshot()` or `start_grace_period()`.
+            timeout: Seconds to wait at most; ``None`` waits as long as needed.
+
+        Raises:
+            RcuUsageError: The grace period is not complete and the caller is
+                inside a read section on this thread, or is a callback.
+            GracePeriodTimeout: ``timeout`` passed first; the token stays valid.
+        """
+        self._wait_blocking(token, timeout, "wait_blocking()")
+
+    async def wait(self, token: int) -> None:
+        """Waits, without blocking the event loop, until ``token`` completed.
+
+        Like ``await`` `synchronize()`, for a token taken earlier.
+
+        Cancellation: a cancelled call returns promptly and leaves nothing
+        behind; the grace period may still complete for others.
+
+        Args:
+            token: From `snapshot()` or `start_grace_period()`.
+
+        Raises:
+            RcuUsageError: The calling task (its context) or this thread's
+                ``with`` code is inside a read section of the domain, or the
+                caller is a callback.
+        """
+        await self._wait(token, "await wait()")
 
 
 def _after_fork_child() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -13,7 +14,7 @@ import anyio
 import pytest
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import _callbacks, _testing
 
 
 def _hold(domain: aiorcu.Domain) -> tuple[threading.Thread, threading.Event]:
@@ -95,17 +96,39 @@ def test_misuse_from_callbacks_and_sections_raises() -> None:
     errors: list[str] = []
 
     def nested() -> None:
-        for call in (d.barrier_blocking, d.synchronize_blocking):
+        token = d.snapshot()  # not complete: nobody runs a grace period meanwhile
+        calls = (
+            d.barrier_blocking,
+            d.synchronize_blocking,
+            lambda: d.wait_blocking(token),
+            lambda: asyncio.run(d.synchronize()),
+            lambda: asyncio.run(d.barrier()),
+            lambda: asyncio.run(d.wait(token)),
+            lambda: aiorcu.RcuCell(1, domain=d).replace_blocking(2),
+        )
+        for call in calls:
             try:
                 call()
             except aiorcu.RcuUsageError as exc:
                 errors.append(str(exc))
+        d.call_after_grace_period(errors.append, "queued from a callback")
 
     d.call_after_grace_period(nested)
     d.barrier_blocking()
-    assert len(errors) == 2
-    assert all("called from an RCU callback" in e for e in errors)
-    with d.read(), pytest.raises(aiorcu.RcuUsageError, match="inside a read section"):
+    d.barrier_blocking()  # the callback queued by the callback ran too
+    assert len(errors) == 8, errors
+    assert errors[-1] == "queued from a callback"
+    for e in errors[:-1]:
+        assert "called from an RCU callback of domain 'cb-misuse'" in e
+        assert "Queue more work with call_after_grace_period() instead" in e
+    with (
+        d.read(),
+        pytest.raises(
+            aiorcu.RcuUsageError,
+            match=r"barrier_blocking\(\) called inside a read section of domain 'cb-misuse'; "
+            "the callbacks wait for a grace period that waits for this section",
+        ),
+    ):
         d.barrier_blocking()
 
 
@@ -126,30 +149,64 @@ async def test_async_barrier_and_its_cancellation() -> None:
     await d.barrier()
     assert ran == [1, 2]
     async with d.read():
-        with pytest.raises(aiorcu.RcuUsageError, match="inside a read section"):
+        with pytest.raises(
+            aiorcu.RcuUsageError,
+            match=r"await barrier\(\) called inside a read section of domain 'cb-async'",
+        ):
             await d.barrier()
 
 
-def test_callbacks_survive_fork() -> None:
+@pytest.mark.anyio
+async def test_async_barrier_waits_out_other_tasks_sections() -> None:
+    """Another task's section on this loop delays the barrier; it is no misuse."""
+    d = aiorcu.Domain(name="cb-other-task")
+    entered, leave = anyio.Event(), anyio.Event()
+    ran: list[int] = []
+
+    async def reader() -> None:
+        async with d.read():
+            entered.set()
+            await leave.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await entered.wait()
+        d.call_after_grace_period(ran.append, 1)
+        with pytest.raises(aiorcu.RcuUsageError, match="barrier_blocking"):
+            d.barrier_blocking()  # would block the loop that must close the section
+        with anyio.move_on_after(0.05):
+            await d.barrier()
+        assert ran == []
+        leave.set()
+        await d.barrier()
+    assert ran == [1]
+
+
+def test_fork_child_gets_a_fresh_worker_and_queue() -> None:
     d = aiorcu.Domain(name="cb-fork")
     d.call_after_grace_period(lambda: None)
     d.barrier_blocking()
     t, leave = _hold(d)
-    ran: list[int] = []
-    d.call_after_grace_period(ran.append, 1)  # queued, blocked by the reader
+    ran: list[str] = []
+    d.call_after_grace_period(ran.append, "parent")  # queued, blocked by the reader
     pid = os.fork()
     if pid == 0:
         try:
-            d.barrier_blocking()  # the child has a fresh worker; the reader is a phantom
-            os._exit(0 if ran == [1] else 3)
+            # The parent's callback belongs to the parent; the reader thread
+            # does not exist here, so the child's grace periods do not wait.
+            code = 3 if d.stats().callbacks_pending != 0 else 0
+            d.call_after_grace_period(ran.append, "child")
+            d.barrier_blocking()
+            os._exit(code or (0 if ran == ["child"] else 4))
         except BaseException:
             os._exit(2)
-    leave.set()
-    t.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    assert ran == []  # the parent's reader still holds it back
+    leave.set()
+    t.join()
     d.barrier_blocking()
-    assert ran == [1]
+    assert ran == ["parent"]
 
 
 def test_exit_runs_what_it_can_and_reports_the_rest() -> None:
@@ -174,4 +231,31 @@ stuck.call_after_grace_period(print, "must-not-run")
     assert time.monotonic() - start < 30  # exit never hangs
     assert "ran-before-exit" in out.stdout
     assert "must-not-run" not in out.stdout
-    assert "did not run before exit" in out.stderr and "'stuck'" in out.stderr
+    assert "1 callback(s) of domain 'stuck' did not run before exit" in out.stderr
+    assert "<built-in function print>" in out.stderr  # names what could not run
+    assert "'exiting'" not in out.stderr
+
+
+def test_drain_runs_on_the_calling_thread_when_no_worker_thread_lives() -> None:
+    """The exit path when the worker thread is gone (or cannot start at exit)."""
+    ran: list[tuple[int, bool]] = []
+    budgets: list[int] = []
+
+    def grace_period(timeout_ns: int) -> bool:
+        budgets.append(timeout_ns)
+        return True
+
+    worker = _callbacks.CallbackWorker("drain", grace_period)
+    for i in range(3):
+        worker.append((lambda i: ran.append((i, _callbacks.in_callback())), (i,)))
+    assert worker.drain(time.monotonic() + 5) == []
+    assert ran == [(0, True), (1, True), (2, True)]
+    assert len(budgets) == 1 and 0 < budgets[0] <= 5e9  # one grace period, bounded
+    assert not _callbacks.in_callback()
+
+    stuck = _callbacks.CallbackWorker("drain-stuck", lambda timeout_ns: False)
+    never: list[int] = []
+    stuck.append((never.append, (99,)))
+    left = stuck.drain(time.monotonic() + 5)
+    assert left == [(never.append, (99,))] and stuck.pending == 1
+    assert never == []

@@ -110,8 +110,50 @@ async def test_async_replace_and_cancellation_hands_retire_to_callbacks() -> Non
     assert b.closed
     async with d.read():
         assert cell.get().name == "c"
-        with pytest.raises(aiorcu.RcuUsageError):
+        with pytest.raises(
+            aiorcu.RcuUsageError,
+            match=r"await RcuCell.replace\(\) called inside a read section of domain "
+            "'cell-async' held by this task",
+        ):
             await cell.replace(Resource("x"))
+        assert cell.get().name == "c"  # nothing was published
+
+
+def test_replace_blocking_inside_a_section_raises_and_publishes_nothing() -> None:
+    d = aiorcu.Domain(name="cell-inside")
+    cell = aiorcu.RcuCell("a", domain=d)
+    with d.read():
+        with pytest.raises(
+            aiorcu.RcuUsageError,
+            match=r"RcuCell.replace_blocking\(\) called inside a read section on this thread",
+        ):
+            cell.replace_blocking("b")
+        assert cell.get() == "a"
+
+
+def test_concurrent_updates_lose_nothing() -> None:
+    d = aiorcu.Domain(name="cell-update")
+    cell: aiorcu.RcuCell[tuple[int, ...]] = aiorcu.RcuCell((), domain=d)
+    retired: list[tuple[int, ...]] = []
+
+    def writer(k: int) -> None:
+        for i in range(200):
+
+            def add(old: tuple[int, ...], v: int = k * 1000 + i) -> tuple[int, ...]:
+                return (*old, v)
+
+            cell.update(add, retire=retired.append)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    d.barrier_blocking()
+    with d.read():
+        final = cell.get()
+    assert sorted(final) == sorted(k * 1000 + i for k in range(4) for i in range(200))
+    assert len(retired) == 800  # every old version retired exactly once
 
 
 def _stress(d: aiorcu.Domain, seconds: float) -> int:
@@ -155,3 +197,47 @@ def test_negative_control_busted_cell_is_caught() -> None:
     d = aiorcu.Domain(name="cell-busted")
     _testing.set_busted(d)
     assert _stress(d, min(STRESS_SECONDS, 2.0)) > 0
+
+
+async def _async_stress(d: aiorcu.Domain, seconds: float) -> int:
+    """Tasks hold the object across awaits while a writer task replaces it."""
+    cell = aiorcu.RcuCell(Resource("0"), domain=d)
+    violations = [0]
+    stop = anyio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            async with d.read():
+                r = cell.get()
+                await anyio.sleep(0)
+                if r.closed:
+                    violations[0] += 1
+
+    async def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            await cell.replace(Resource(str(i)), retire=Resource.close)
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(reader)
+        tg.start_soon(writer)
+        await anyio.sleep(seconds)
+        stop.set()
+    return violations[0]
+
+
+@pytest.mark.stress
+@pytest.mark.anyio
+async def test_tasks_never_see_a_retired_object() -> None:
+    assert await _async_stress(aiorcu.Domain(name="cell-async-stress"), 0.5) == 0
+
+
+@pytest.mark.stress
+@pytest.mark.anyio
+async def test_negative_control_busted_cell_is_caught_by_tasks() -> None:
+    d = aiorcu.Domain(name="cell-async-busted")
+    _testing.set_busted(d)
+    assert await _async_stress(d, 0.5) > 0

@@ -163,7 +163,9 @@ def test_leaving_on_another_thread_raises() -> None:
 
 def test_stored_section_used_on_another_thread_raises() -> None:
     d = aiorcu.Domain(name="stored")
-    section = d.read()
+    with d.read():
+        pass
+    section = d.read()  # this thread's own reader from now on
     errors: list[BaseException] = []
 
     def use() -> None:

@@ -43,17 +43,27 @@ def test_wait_blocking_timeout_and_misuse() -> None:
             entered.set()
             leave.wait(10)
 
-    t = threading.Thread(target=reader)
+    t = threading.Thread(target=reader, name="poll-reader")
     t.start()
     assert entered.wait(5)
     token = d.snapshot()
-    with pytest.raises(aiorcu.GracePeriodTimeout):
+    with pytest.raises(
+        aiorcu.GracePeriodTimeout,
+        match=r"grace period of domain 'poll-timeout' did not complete within 0.05 s; "
+        r"still inside: thread 'poll-reader'.*The domain is consistent",
+    ):
         d.wait_blocking(token, timeout=0.05)
     assert not d.poll(token)
     leave.set()
     t.join()
     d.wait_blocking(token, timeout=10)
-    with d.read(), pytest.raises(aiorcu.RcuUsageError, match="wait_blocking"):
+    with (
+        d.read(),
+        pytest.raises(
+            aiorcu.RcuUsageError,
+            match=r"wait_blocking\(\) called inside a read section on this thread; it would wait",
+        ),
+    ):
         d.wait_blocking(d.snapshot())
 
 
@@ -81,3 +91,20 @@ async def test_async_wait_and_cancellation() -> None:
         leave.set()
         await d.wait(token)
     assert d.poll(token)
+    async with d.read():
+        with pytest.raises(
+            aiorcu.RcuUsageError,
+            match=r"await wait\(\) called inside a read section of domain 'poll-async' "
+            "held by this task",
+        ):
+            await d.wait(d.snapshot())
+
+
+def test_tokens_order_and_share_grace_periods() -> None:
+    d = aiorcu.Domain(name="poll-order")
+    tokens = [d.snapshot() for _ in range(100)]
+    assert tokens == sorted(tokens)
+    before = d.stats().grace_periods
+    d.wait_blocking(tokens[-1])
+    assert all(d.poll(t) for t in tokens)  # one grace period served them all
+    assert d.stats().grace_periods - before == 1

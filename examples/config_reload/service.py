@@ -93,8 +93,8 @@ async def reloader(cell: aiorcu.RcuCell[Settings], c: Counters, stop: asyncio.Ev
         c.reloads += 1
 
 
-async def main(seconds: float) -> Counters:
-    domain = aiorcu.Domain(name="config")
+async def main(seconds: float, domain: aiorcu.Domain | None = None) -> Counters:
+    domain = domain if domain is not None else aiorcu.Domain(name="config")
     first = Config(version=1, pool_size=4, greeting="hello")
     cell = aiorcu.RcuCell(Settings(first, Pool(first.pool_size)), domain=domain)
     counters = Counters()

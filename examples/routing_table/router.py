@@ -42,16 +42,16 @@ class Table:
 
 def build(generation: int) -> Table:
     rng = random.Random(generation)
-    routes = {ipaddress.ip_network("10.0.0.0/8"): "core"}
+    routes = {Network("10.0.0.0/8"): "core"}
     for _ in range(32):
         prefix = rng.randrange(16, 25)
-        base = ipaddress.ip_address(rng.randrange(10 << 24, 11 << 24))
-        routes[ipaddress.ip_network(f"{base}/{prefix}", strict=False)] = f"hop-{generation}"
+        base = ipaddress.IPv4Address(rng.randrange(10 << 24, 11 << 24))
+        routes[Network(f"{base}/{prefix}", strict=False)] = f"hop-{generation}"
     return Table(routes)
 
 
-def run(seconds: float, readers: int = 3) -> dict[str, int]:
-    domain = aiorcu.Domain(name="routes")
+def run(seconds: float, readers: int = 3, domain: aiorcu.Domain | None = None) -> dict[str, int]:
+    domain = domain if domain is not None else aiorcu.Domain(name="routes")
     cell = aiorcu.RcuCell(build(0), domain=domain)
     stop = threading.Event()
     counts = {"lookups": 0, "swaps": 0, "stale": 0}
@@ -61,7 +61,7 @@ def run(seconds: float, readers: int = 3) -> dict[str, int]:
         rng = random.Random(seed)
         lookups = stale = 0
         while not stop.is_set():
-            address = ipaddress.ip_address(rng.randrange(10 << 24, 11 << 24))
+            address = ipaddress.IPv4Address(rng.randrange(10 << 24, 11 << 24))
             with domain.read():
                 table = cell.get()
                 table.route(address)
@@ -77,7 +77,11 @@ def run(seconds: float, readers: int = 3) -> dict[str, int]:
         while not stop.is_set():
             generation += 1
             new = build(generation)
-            cell.update(lambda _old, new=new: new, retire=Table.retire)
+
+            def swap(_old: Table, new: Table = new) -> Table:
+                return new
+
+            cell.update(swap, retire=Table.retire)
             counts["swaps"] += 1
             time.sleep(0.005)
 
