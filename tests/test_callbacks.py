@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import anyio
@@ -16,24 +15,12 @@ import pytest
 import aiorcu
 from aiorcu import _callbacks, _testing
 
-
-def _hold(domain: aiorcu.Domain) -> tuple[threading.Thread, threading.Event]:
-    entered, leave = threading.Event(), threading.Event()
-
-    def reader() -> None:
-        with domain.read():
-            entered.set()
-            leave.wait(10)
-
-    t = threading.Thread(target=reader, name="cb-reader")
-    t.start()
-    assert entered.wait(5)
-    return t, leave
+from .conftest import hold_section
 
 
 def test_callbacks_run_after_readers_leave_in_fifo_order() -> None:
     d = aiorcu.Domain(name="cb")
-    t, leave = _hold(d)
+    t, leave = hold_section(d, "cb-reader")
     ran: list[int] = []
     for i in range(100):
         d.call_after_grace_period(ran.append, i)
@@ -51,7 +38,7 @@ def test_busted_callbacks_run_under_a_reader() -> None:
     """Negative control for the test above."""
     d = aiorcu.Domain(name="cb-busted")
     _testing.set_busted(d)
-    t, leave = _hold(d)
+    t, leave = hold_section(d, "cb-reader")
     ran: list[int] = []
     d.call_after_grace_period(ran.append, 1)
     d.barrier_blocking()
@@ -139,7 +126,7 @@ async def test_async_barrier_and_its_cancellation() -> None:
     d.call_after_grace_period(ran.append, 1)
     await d.barrier()
     assert ran == [1]
-    t, leave = _hold(d)
+    t, leave = hold_section(d, "cb-reader")
     d.call_after_grace_period(ran.append, 2)
     with anyio.move_on_after(0.05) as scope:
         await d.barrier()
@@ -186,7 +173,7 @@ def test_fork_child_gets_a_fresh_worker_and_queue() -> None:
     d = aiorcu.Domain(name="cb-fork")
     d.call_after_grace_period(lambda: None)
     d.barrier_blocking()
-    t, leave = _hold(d)
+    t, leave = hold_section(d, "cb-reader")
     ran: list[str] = []
     d.call_after_grace_period(ran.append, "parent")  # queued, blocked by the reader
     pid = os.fork()

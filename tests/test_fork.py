@@ -8,6 +8,8 @@ import time
 
 import aiorcu
 
+from .conftest import hold_section
+
 
 def _child_status(pid: int) -> int:
     _, status = os.waitpid(pid, 0)
@@ -16,16 +18,7 @@ def _child_status(pid: int) -> int:
 
 def test_fork_drops_other_threads_readers() -> None:
     d = aiorcu.Domain(name="fork")
-    entered, leave = threading.Event(), threading.Event()
-
-    def reader() -> None:
-        with d.read():
-            entered.set()
-            leave.wait(10)
-
-    t = threading.Thread(target=reader)
-    t.start()
-    assert entered.wait(5)
+    t, leave = hold_section(d)
     pid = os.fork()
     if pid == 0:  # child: only this thread exists; the reader above is a phantom
         code = 0
@@ -48,16 +41,7 @@ def test_fork_drops_other_threads_readers() -> None:
 
 def test_fork_during_a_grace_period_and_inside_a_section() -> None:
     d = aiorcu.Domain(name="fork-gp")
-    entered, leave = threading.Event(), threading.Event()
-
-    def reader() -> None:
-        with d.read():
-            entered.set()
-            leave.wait(10)
-
-    t = threading.Thread(target=reader)
-    t.start()
-    assert entered.wait(5)
+    t, leave = hold_section(d)
     w = threading.Thread(target=d.synchronize_blocking, kwargs={"timeout": 10})
     w.start()
     time.sleep(0.05)  # the writer now holds the writer mutex, waiting

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import anyio
 import pytest
 
 import aiorcu
+
+from .conftest import hold_section
 
 
 def test_snapshot_starts_nothing_and_tokens_stay_complete() -> None:
@@ -36,16 +37,7 @@ def test_start_grace_period_runs_one_without_a_waiter() -> None:
 
 def test_wait_blocking_timeout_and_misuse() -> None:
     d = aiorcu.Domain(name="poll-timeout")
-    entered, leave = threading.Event(), threading.Event()
-
-    def reader() -> None:
-        with d.read():
-            entered.set()
-            leave.wait(10)
-
-    t = threading.Thread(target=reader, name="poll-reader")
-    t.start()
-    assert entered.wait(5)
+    t, leave = hold_section(d, "poll-reader")
     token = d.snapshot()
     with pytest.raises(
         aiorcu.GracePeriodTimeout,
