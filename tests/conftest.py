@@ -1,15 +1,27 @@
-"""Shared fixtures: async tests run under asyncio and trio through anyio."""
+"""Shared fixtures and helpers.
+
+Async tests run under asyncio and trio through anyio's pytest plugin: mark
+them ``@pytest.mark.anyio`` and they are collected once per backend of the
+``anyio_backend`` fixture below.
+
+Timing is never asserted: waits below are hang guards, generous because the
+machine is shared.  Where a test must show that something *keeps waiting*,
+it checks that it has not finished after a short pause, and that it does
+finish once the reason to wait is gone.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 import pytest
 
 import aiorcu
 
 STRESS_SECONDS = float(os.environ.get("AIORCU_STRESS_SECONDS", "2"))
+HANG_GUARD = 30.0  # seconds; only ever reached when something is broken
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -26,9 +38,46 @@ def hold_section(
     def reader() -> None:
         with domain.read():
             entered.set()
-            leave.wait(30)
+            leave.wait(HANG_GUARD)
 
     thread = threading.Thread(target=reader, name=name)
     thread.start()
     assert entered.wait(5)
     return thread, leave
+
+
+class Background:
+    """Runs ``fn`` on a thread; records when it finished and what it raised."""
+
+    def __init__(self, fn: Callable[[], object], name: str = "background") -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._fn = fn
+        self.thread = threading.Thread(target=self._main, name=name)
+        self.thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def finished(self, timeout: float = HANG_GUARD) -> bool:
+        ok = self.done.wait(timeout)
+        if ok:
+            self.thread.join()
+        return ok
+
+    def result(self) -> None:
+        """Joins (with the hang guard) and re-raises what ``fn`` raised."""
+        assert self.finished(), "background call did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def background_synchronize(domain: aiorcu.Domain, timeout: float = HANG_GUARD) -> Background:
+    """``domain.synchronize_blocking(timeout)`` on a writer thread of its own."""
+    return Background(lambda: domain.synchronize_blocking(timeout=timeout), name="writer")
+

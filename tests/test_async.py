@@ -1,19 +1,50 @@
-"""Task read sections and `await synchronize()` under asyncio and trio."""
+"""Task read sections and ``await synchronize()`` under asyncio and trio."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import gc
 import logging
+import sys
 import threading
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import _testing, _worker
+
+from .conftest import HANG_GUARD, hold_section
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fallback]
+
+MEMBARRIER = aiorcu.backend_info().membarrier
+
+
+def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Threads alive now that were not in ``before`` (threads that exited meanwhile don't count)."""
+    return [t for t in threading.enumerate() if t not in before]
+
+
+async def _task_holding_section(
+    d: aiorcu.Domain, tg: anyio.abc.TaskGroup, name: str = "holder-task"
+) -> anyio.Event:
+    """Starts a task inside a section of ``d``; it leaves when the returned event is set."""
+    entered, leave = anyio.Event(), anyio.Event()
+
+    async def reader() -> None:
+        async with d.read():
+            entered.set()
+            await leave.wait()
+
+    tg.start_soon(reader, name=name)
+    await entered.wait()
+    return leave
+
+
+# -- sections -----------------------------------------------------------------
 
 
 async def test_async_section_may_await_inside() -> None:
@@ -22,9 +53,131 @@ async def test_async_section_may_await_inside() -> None:
         assert d._inside()
         await anyio.sleep(0)
         assert d._inside()
+        async with d.read():  # nestable
+            await anyio.sleep(0)
+        assert d._inside()
+    assert not d._inside()
+    assert d.stats().readers_active == 0
+    await d.synchronize()
+
+
+async def test_async_section_left_when_the_body_raises() -> None:
+    d = aiorcu.Domain(name="async-raises")
+    with pytest.raises(KeyError):
+        async with d.read():
+            await anyio.sleep(0)
+            raise KeyError("x")
+    assert not d._inside()
+    assert d.stats().readers_active == 0
+    with anyio.fail_after(HANG_GUARD):
+        await d.synchronize()
+
+
+async def test_other_tasks_sections_do_not_count_for_this_task() -> None:
+    d = aiorcu.Domain(name="others")
+    async with anyio.create_task_group() as tg:
+        leave = await _task_holding_section(d, tg)
+        assert d.stats().readers_active == 1
+        assert not d._inside()  # same loop thread, another task's section
+        async with d.read():
+            assert d._inside()
+        assert not d._inside()
+        leave.set()
+
+
+async def test_task_created_inside_section_is_not_inside_after_it_closed() -> None:
+    d = aiorcu.Domain(name="child")
+    closed = anyio.Event()
+    seen: list[bool] = []
+
+    async def child() -> None:
+        seen.append(d._inside())  # inherited the context while the parent was inside
+        await closed.wait()
+        seen.append(d._inside())  # the parent's section has closed since
+        with anyio.fail_after(HANG_GUARD):
+            await d.synchronize()  # and so it may wait for a grace period
+
+    async with anyio.create_task_group() as tg:
+        async with d.read():
+            tg.start_soon(child)
+            await anyio.sleep(0.01)
+        assert not d._inside()
+        closed.set()
+    assert seen == [True, False]
+
+
+async def test_overlapping_non_nested_task_sections() -> None:
+    d = aiorcu.Domain(name="overlap")
+    steps: list[str] = []
+    a_in, b_in, a_out = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def a() -> None:
+        async with d.read():
+            a_in.set()
+            await b_in.wait()
+        a_out.set()
+        steps.append("a out")
+        assert not d._inside()
+
+    async def b() -> None:
+        await a_in.wait()
+        async with d.read():
+            b_in.set()
+            await a_out.wait()
+            assert d._inside()  # a's exit did not close b's section
+        steps.append("b out")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a)
+        tg.start_soon(b)
+    assert steps == ["a out", "b out"]
+    assert d.stats().readers_active == 0
+    await d.synchronize()
+
+
+async def test_inside_after_nested_section_closed() -> None:
+    d = aiorcu.Domain(name="nested-async")
+    async with d.read():
+        async with d.read():
+            pass
+        assert d._inside()  # the outer section is still open
+        with pytest.raises(aiorcu.RcuUsageError, match="held by this task"):
+            await d.synchronize()
     assert not d._inside()
     await d.synchronize()
-    assert d.stats().readers_active == 0
+
+
+async def test_many_task_sections_on_one_loop() -> None:
+    """300 tasks inside at once on one thread: the count must not wrap at 256."""
+    d = aiorcu.Domain(name="many-tasks")
+    entered = 0
+    all_in, release_most, release_last = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def reader(last: bool) -> None:
+        nonlocal entered
+        async with d.read():
+            entered += 1
+            if entered == 300:
+                all_in.set()
+            await (release_last if last else release_most).wait()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(300):
+            tg.start_soon(reader, i == 0)
+        await all_in.wait()
+        assert d.stats().readers_active == 300
+        release_most.set()
+        while d.stats().readers_active > 1:
+            await anyio.sleep(0.01)
+        with pytest.raises(TimeoutError):
+            with anyio.fail_after(0.2):
+                await d.synchronize()  # one section is still open
+        release_last.set()
+    with anyio.fail_after(HANG_GUARD):
+        await d.synchronize()
+
+
+# -- synchronize --------------------------------------------------------------
 
 
 async def test_synchronize_returns_inline_without_readers() -> None:
@@ -39,7 +192,6 @@ async def test_synchronize_returns_inline_without_readers() -> None:
 
 async def test_synchronize_waits_for_another_task() -> None:
     d = aiorcu.Domain(name="other-task")
-    left = anyio.Event()
     entered = anyio.Event()
     order: list[str] = []
 
@@ -48,12 +200,10 @@ async def test_synchronize_waits_for_another_task() -> None:
             entered.set()
             await anyio.sleep(0.1)
             order.append("reader left")
-        left.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
         await entered.wait()
-        assert not d._inside()  # another task's section does not count for this one
         await d.synchronize()
         order.append("grace period done")
     assert order == ["reader left", "grace period done"]
@@ -81,88 +231,47 @@ async def test_busted_synchronize_does_not_wait() -> None:
     assert order == ["grace period done", "reader left"]
 
 
-async def test_synchronize_inside_own_section_raises() -> None:
-    d = aiorcu.Domain(name="own")
-    message = r"inside a read section .* held by this task"
-    async with d.read():
-        with pytest.raises(aiorcu.RcuUsageError, match=message):
+async def test_synchronize_waits_for_a_thread_reader() -> None:
+    d = aiorcu.Domain(name="thread-reader")
+    holder, leave = hold_section(d)
+    try:
+        with pytest.raises(TimeoutError):
+            with anyio.fail_after(0.2):
+                await d.synchronize()
+        assert d._worker.pending == 0
+        threading.Timer(0.05, leave.set).start()
+        with anyio.fail_after(HANG_GUARD):
             await d.synchronize()
-    with d.read(), pytest.raises(aiorcu.RcuUsageError, match="would wait for itself"):
-        await d.synchronize()
-
-
-async def test_blocking_synchronize_on_loop_with_other_task_inside_raises() -> None:
-    d = aiorcu.Domain(name="loop-block")
-    entered, leave = anyio.Event(), anyio.Event()
-
-    async def reader() -> None:
-        async with d.read():
-            entered.set()
-            await leave.wait()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(reader)
-        await entered.wait()
-        with pytest.raises(aiorcu.RcuUsageError, match="inside a read section on this thread"):
-            d.synchronize_blocking()
+        assert not holder.is_alive() or d.stats().readers_active == 0
+    finally:
         leave.set()
+        holder.join()
 
 
-async def test_task_created_inside_section_is_not_inside_after_it_closed() -> None:
-    d = aiorcu.Domain(name="child")
-    closed = anyio.Event()
-    seen: list[bool] = []
-
-    async def child() -> None:
-        seen.append(d._inside())
-        await closed.wait()
-        seen.append(d._inside())
-
+async def test_timed_out_await_then_next_still_waits() -> None:
+    d = aiorcu.Domain(name="async-timeout")
     async with anyio.create_task_group() as tg:
-        async with d.read():
-            tg.start_soon(child)
-            await anyio.sleep(0.01)
-        closed.set()
-    assert seen == [True, False]
+        leave = await _task_holding_section(d, tg)
+        for _ in range(2):
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.05):
+                    await d.synchronize()
+        done = anyio.Event()
 
+        async def waiter() -> None:
+            await d.synchronize()
+            done.set()
 
-async def test_overlapping_non_nested_task_sections() -> None:
-    d = aiorcu.Domain(name="overlap")
-    steps: list[str] = []
-    a_in, b_in, a_out = anyio.Event(), anyio.Event(), anyio.Event()
-
-    async def a() -> None:
-        async with d.read():
-            a_in.set()
-            await b_in.wait()
-        a_out.set()
-        steps.append("a out")
-
-    async def b() -> None:
-        await a_in.wait()
-        async with d.read():
-            b_in.set()
-            await a_out.wait()
-            assert d._inside()
-        steps.append("b out")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a)
-        tg.start_soon(b)
-    assert steps == ["a out", "b out"]
-    assert d.stats().readers_active == 0
-    await d.synchronize()
+        tg.start_soon(waiter)
+        await anyio.sleep(0.2)
+        assert not done.is_set()  # still waits for the reader that began before
+        leave.set()
+        with anyio.fail_after(HANG_GUARD):
+            await done.wait()
 
 
 async def test_concurrent_awaits_share_grace_periods() -> None:
     d = aiorcu.Domain(name="share")
-    entered, leave = anyio.Event(), anyio.Event()
-
-    async def reader() -> None:
-        async with d.read():
-            entered.set()
-            await leave.wait()
-
     done = 0
 
     async def waiter() -> None:
@@ -170,47 +279,159 @@ async def test_concurrent_awaits_share_grace_periods() -> None:
         await d.synchronize()
         done += 1
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(reader)
-        await entered.wait()
-        before = d.stats().grace_periods
-        for _ in range(1000):
-            tg.start_soon(waiter)
-        await anyio.sleep(0.05)
-        leave.set()
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            leave = await _task_holding_section(d, tg)
+            threads_before = set(threading.enumerate())
+            before = d.stats().grace_periods
+            for _ in range(1000):
+                tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            assert done == 0  # all wait for the reader
+            # One worker thread, the domain's own, not one per waiter.
+            assert _new_threads(threads_before) == [d._worker.thread()]
+            leave.set()
     assert done == 1000
-    assert d.stats().grace_periods - before <= 5
+    assert d.stats().grace_periods - before <= 10
+    assert d._worker.pending == 0
+
+
+async def test_synchronize_inside_own_section_raises() -> None:
+    d = aiorcu.Domain(name="own")
+    message = (
+        r"await synchronize\(\) called inside a read section of domain 'own' held by this "
+        r"task; it would wait for itself\. Leave the section first"
+    )
+    async with d.read():
+        with pytest.raises(aiorcu.RcuUsageError, match=message):
+            await d.synchronize()
+    with d.read(), pytest.raises(aiorcu.RcuUsageError, match=message):
+        await d.synchronize()  # this thread's `with` section counts too
+    await d.synchronize()
+
+
+async def test_synchronize_in_wait_for_inside_own_section_raises(anyio_backend: str) -> None:
+    """On 3.11 asyncio.wait_for runs its coroutine in a new task with a copied context."""
+    if anyio_backend != "asyncio":
+        pytest.skip("asyncio.wait_for")
+    d = aiorcu.Domain(name="wait-for")
+    async with d.read():
+        with pytest.raises(aiorcu.RcuUsageError, match="held by this task"):
+            await asyncio.wait_for(d.synchronize(), HANG_GUARD)
+    await asyncio.wait_for(d.synchronize(), HANG_GUARD)
+
+
+async def test_blocking_synchronize_on_loop_with_other_task_inside_raises() -> None:
+    d = aiorcu.Domain(name="loop-block")
+    async with anyio.create_task_group() as tg:
+        leave = await _task_holding_section(d, tg)
+        with pytest.raises(
+            aiorcu.RcuUsageError,
+            match=r"synchronize_blocking\(\) called inside a read section on this thread; "
+            r"it would wait for itself",
+        ):
+            d.synchronize_blocking()
+        leave.set()
+    d.synchronize_blocking(timeout=HANG_GUARD)
+
+
+@pytest.mark.skipif(not MEMBARRIER, reason="membarrier not in use")
+async def test_offloaded_grace_period_error_reaches_the_waiter() -> None:
+    d = aiorcu.Domain(name="worker-error")
+    holder, leave = hold_section(d)
+    try:
+        _testing.fail_membarrier(1_000_000)
+        with anyio.fail_after(HANG_GUARD):
+            with pytest.raises(aiorcu.AiorcuError, match="nothing was skipped"):
+                await d.synchronize()
+    finally:
+        _testing.fail_membarrier(0)
+        leave.set()
+        holder.join()
+    assert d._worker.pending == 0
+    with anyio.fail_after(HANG_GUARD):
+        await d.synchronize()
+
+
+# -- cancellation --------------------------------------------------------------
 
 
 async def test_cancelled_synchronize_leaves_nothing_behind() -> None:
     d = aiorcu.Domain(name="cancel")
-    entered, leave = anyio.Event(), anyio.Event()
-
-    async def reader() -> None:
-        async with d.read():
-            entered.set()
-            await leave.wait()
-
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     async with anyio.create_task_group() as tg:
-        tg.start_soon(reader)
-        await entered.wait()
-        for _ in range(50):
-            with anyio.move_on_after(0.01) as scope:
-                await d.synchronize()
-            assert scope.cancelled_caught  # returned promptly, by cancellation
+        leave = await _task_holding_section(d, tg)
+        with anyio.fail_after(HANG_GUARD):
+            for _ in range(50):
+                with anyio.move_on_after(0.01) as scope:
+                    await d.synchronize()
+                assert scope.cancelled_caught  # returned promptly, by cancellation
         assert d._worker.pending == 0  # every cancelled waiter withdrew
-        assert threading.active_count() <= threads_before + 1  # one worker, not 50
+        assert _new_threads(threads_before) in ([], [d._worker.thread()])  # not 50
         leave.set()
-    await d.synchronize()
+    with anyio.fail_after(HANG_GUARD):
+        await d.synchronize()
+    assert d._worker.pending == 0
 
 
-async def test_collected_open_section_is_reported_and_released(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    d = aiorcu.Domain(name="dropped")
-    # A task dropped mid-section: its context, the only holder of the
-    # section's record, goes away without the section being left.
+async def test_concurrently_cancelled_waiters_leave_nothing_behind() -> None:
+    d = aiorcu.Domain(name="cancel-many")
+    threads_before = set(threading.enumerate())
+    finished = 0
+
+    async def waiter() -> None:
+        nonlocal finished
+        await d.synchronize()
+        finished += 1
+
+    async with anyio.create_task_group() as outer:
+        leave = await _task_holding_section(d, outer)
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                for _ in range(50):
+                    tg.start_soon(waiter)
+                await anyio.sleep(0.05)
+                assert d._worker.pending == 50
+                tg.cancel_scope.cancel()
+        assert finished == 0
+        assert d._worker.pending == 0
+        assert _new_threads(threads_before) in ([], [d._worker.thread()])
+        assert d.stats().readers_active == 1
+        leave.set()
+    with anyio.fail_after(HANG_GUARD):
+        await d.synchronize()
+
+
+async def test_worker_thread_exits_when_idle_and_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_worker, "IDLE_EXIT_SECONDS", 0.05)
+    d = aiorcu.Domain(name="idle-worker")
+    for _ in range(2):
+        async with anyio.create_task_group() as tg:
+            leave = await _task_holding_section(d, tg)
+            tg.start_soon(d.synchronize)
+            await anyio.sleep(0.05)
+            worker = d._worker.thread()
+            assert worker is not None and worker.is_alive()
+            leave.set()
+        await anyio.to_thread.run_sync(worker.join, HANG_GUARD)
+        assert not worker.is_alive()  # an idle domain holds no thread
+        assert d._worker.thread() is None
+    assert d.stats().offloaded_waits == 2
+
+
+# -- sections collected while open ---------------------------------------------------
+
+
+def _released_and_reported(d: aiorcu.Domain, caplog: pytest.LogCaptureFixture) -> None:
+    assert "garbage-collected while open" in caplog.text
+    assert f"domain {d.name!r}" in caplog.text
+    assert d.stats().readers_active == 0
+
+
+async def test_collected_context_releases_its_section(caplog: pytest.LogCaptureFixture) -> None:
+    d = aiorcu.Domain(name="dropped-context")
+    # A context, the only holder of the section's record, goes away without
+    # the section being left.
     ctx = contextvars.copy_context()
     with caplog.at_level(logging.WARNING, logger="aiorcu"):
         ctx.run(lambda: d.read().__aenter__())
@@ -218,10 +439,105 @@ async def test_collected_open_section_is_reported_and_released(
         assert not d._inside()  # that context is not this task's
         del ctx
         gc.collect()
-    assert "garbage-collected while open" in caplog.text
-    assert d.stats().readers_active == 0
-    with anyio.fail_after(5):
+    _released_and_reported(d, caplog)
+    with anyio.fail_after(HANG_GUARD):
         await d.synchronize()
+
+
+async def _body(d: aiorcu.Domain) -> None:
+    async with d.read():
+        await asyncio.sleep(0)  # a bare yield: works when driven by hand
+        await asyncio.sleep(0)
+
+
+async def test_collected_coroutine_releases_its_section(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coroutine driven by hand into a section in its own context, then dropped.
+
+    Closing the coroutine currently also raises an unraisable RcuUsageError
+    (see the xfail test below); this test only checks report and release.
+    """
+    d = aiorcu.Domain(name="dropped-coroutine")
+    monkeypatch.setattr(sys, "unraisablehook", lambda _: None)
+    ctx = contextvars.copy_context()
+    coro = _body(d)
+    with caplog.at_level(logging.WARNING, logger="aiorcu"):
+        ctx.run(coro.send, None)
+        assert d.stats().readers_active == 1
+        del coro, ctx
+        gc.collect()
+    _released_and_reported(d, caplog)
+    with anyio.fail_after(HANG_GUARD):
+        await d.synchronize()
+
+
+async def test_collected_async_generator_releases_its_section(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
+) -> None:
+    if anyio_backend == "trio":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="known core bug: trio finalizes a dropped async generator in a system "
+                "task whose context lacks the section record, so __aexit__ raises "
+                "RcuUsageError, and the record, still referenced by this task's context, "
+                "is never released",
+            )
+        )
+    d = aiorcu.Domain(name="dropped-agen")
+
+    async def agen() -> AsyncIterator[int]:
+        async with d.read():
+            yield 1
+            yield 2
+
+    with caplog.at_level(logging.WARNING, logger="aiorcu"):
+        g = agen()
+        assert await g.__anext__() == 1
+        assert d._inside()  # the generator runs in this task's context
+        del g
+        gc.collect()
+        await anyio.sleep(0.05)  # the loop finalizes dropped async generators
+    assert d.stats().readers_active == 0
+    with anyio.fail_after(HANG_GUARD):
+        await d.synchronize()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known core bug: closing a dropped task's coroutine runs __aexit__ in the "
+    "collector's context, which raises RcuUsageError ('left with no open section') "
+    "as an unraisable exception; the section is still released",
+)
+async def test_dropped_asyncio_task_releases_its_section_quietly(
+    anyio_backend: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if anyio_backend != "asyncio":
+        pytest.skip("asyncio tasks")
+    d = aiorcu.Domain(name="dropped-task")
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    loop = asyncio.get_running_loop()
+
+    async def reader(never: asyncio.Future[None]) -> None:
+        async with d.read():
+            await never
+
+    with caplog.at_level(logging.WARNING, logger="aiorcu"):
+        # Neither the task nor the future it awaits is referenced afterwards.
+        loop.create_task(reader(loop.create_future()))
+        await asyncio.sleep(0.01)
+        assert d.stats().readers_active == 1
+        gc.collect()
+    _released_and_reported(d, caplog)
+    await asyncio.wait_for(d.synchronize(), HANG_GUARD)
+    assert unraisable == []
+
+
+# -- ownership -------------------------------------------------------------------
 
 
 async def test_leaving_async_section_on_another_thread_raises() -> None:
@@ -237,39 +553,24 @@ async def test_leaving_async_section_on_another_thread_raises() -> None:
             errors.append(exc)
 
     await anyio.to_thread.run_sync(leave_elsewhere)
-    assert errors and "sections are per thread" in str(errors[0])
+    assert len(errors) == 1
+    assert "belongs to thread" in str(errors[0]) and "sections are per thread" in str(errors[0])
     # The owner releases it at its next section.
     async with d.read():
         pass
     assert d.stats().readers_active == 0
+    with anyio.fail_after(HANG_GUARD):
+        await d.synchronize()
 
 
-async def test_stall_warning_names_the_task(caplog: pytest.LogCaptureFixture) -> None:
-    d = aiorcu.Domain(name="task-stall")
-    entered = anyio.Event()
-
-    async def slow_reader() -> None:
-        async with d.read():
-            entered.set()
-            await anyio.sleep(0.3)
-
-    with caplog.at_level(logging.WARNING, logger="aiorcu"):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(slow_reader, name="slow-reader-task")
-            await entered.wait()
-            await d.synchronize()
-    text = caplog.text
-    assert "has waited" in text and "slow-reader-task" in text
-    assert d.stats().stall_warnings >= 1
-
-
-async def test_inside_after_nested_section_closed() -> None:
-    d = aiorcu.Domain(name="nested-async")
+async def test_async_exit_without_open_section_raises() -> None:
+    d = aiorcu.Domain(name="async-unbalanced")
     async with d.read():
-        async with d.read():
-            pass
-        assert d._inside()  # the outer section is still open
-        with pytest.raises(aiorcu.RcuUsageError, match="held by this task"):
-            await d.synchronize()
-    assert not d._inside()
-    await d.synchronize()
+        pass
+    with pytest.raises(
+        aiorcu.RcuUsageError,
+        match=r"`async with` section of domain 'async-unbalanced' left with no open section "
+        r"in this task's context; enter and leave a section in the same task",
+    ):
+        await d.read().__aexit__(None, None, None)
+    assert d.stats().readers_active == 0
