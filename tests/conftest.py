@@ -80,4 +80,3 @@ class Background:
 def background_synchronize(domain: aiorcu.Domain, timeout: float = HANG_GUARD) -> Background:
     """``domain.synchronize_blocking(timeout)`` on a writer thread of its own."""
     return Background(lambda: domain.synchronize_blocking(timeout=timeout), name="writer")
-

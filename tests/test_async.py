@@ -528,7 +528,7 @@ async def test_dropped_asyncio_task_releases_its_section_quietly(
 
     with caplog.at_level(logging.WARNING, logger="aiorcu"):
         # Neither the task nor the future it awaits is referenced afterwards.
-        loop.create_task(reader(loop.create_future()))
+        loop.create_task(reader(loop.create_future()))  # noqa: RUF006 - dropped on purpose
         await asyncio.sleep(0.01)
         assert d.stats().readers_active == 1
         gc.collect()

@@ -164,7 +164,7 @@ def test_stored_section_used_on_another_thread_raises() -> None:
     with d.read():
         pass
     section = d.read()  # this thread's own reader from now on
-    other = Background(lambda: section.__enter__(), name="borrower")
+    other = Background(section.__enter__, name="borrower")
     assert other.finished()
     assert isinstance(other.error, aiorcu.RcuUsageError)
     assert "belongs to thread 'MainThread'" in str(other.error)
@@ -254,10 +254,15 @@ def test_idle_threads_release_slots() -> None:
     d.synchronize_blocking(timeout=HANG_GUARD)
 
 
+def _enter_and_leave(d: aiorcu.Domain) -> None:
+    with d.read():
+        pass
+
+
 def test_slots_are_reused_by_new_threads() -> None:
     d = aiorcu.Domain(name="reuse")
     for _ in range(200):  # more threads over time than any fixed table would hold
-        t = threading.Thread(target=lambda: d.read().__enter__() or d.read().__exit__(None, None, None))
+        t = threading.Thread(target=_enter_and_leave, args=(d,))
         t.start()
         t.join()
     assert d.stats().threads_registered == 0
