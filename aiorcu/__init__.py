@@ -6,6 +6,7 @@ hardware).  Built on a C core that uses Linux membarrier(2) so readers run no
 memory barriers at all.
 """
 
+from ._bitmap import Bitmap, BitmapTransactionBuilder
 from ._cell import RcuCell
 from ._domain import Domain, backend_info, global_domain
 from ._errors import (
@@ -15,19 +16,28 @@ from ._errors import (
     RcuUsageError,
     TransactionRejected,
 )
+from ._memory import GuardedMemory
 from ._reader import ReadSection
 from ._records import BackendInfo, DomainStatistics
+from ._transaction import BitmapTransaction, CommitReport, Grant, Revoke
 
 __all__ = [
     "AccessDenied",
     "AiorcuError",
     "BackendInfo",
+    "Bitmap",
+    "BitmapTransaction",
+    "BitmapTransactionBuilder",
+    "CommitReport",
     "Domain",
     "DomainStatistics",
     "GracePeriodTimeout",
+    "Grant",
+    "GuardedMemory",
     "RcuCell",
     "RcuUsageError",
     "ReadSection",
+    "Revoke",
     "TransactionRejected",
     "backend_info",
     "global_domain",

@@ -25,8 +25,26 @@ class GracePeriodTimeout(AiorcuError, TimeoutError):
 
 
 class TransactionRejected(AiorcuError, ValueError):
-    """A well-formed bitmap transaction does not fit the bitmap; nothing applied."""
+    """A well-formed bitmap transaction does not fit the bitmap; nothing applied.
+
+    Attributes:
+        index: Position of the first op that does not fit.
+        op: That op (a `Grant` or `Revoke`).
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, op: object = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.op = op
 
 
 class AccessDenied(AiorcuError, PermissionError):
-    """Guarded memory touched a page that is not accessible; no byte moved."""
+    """Guarded memory touched a page that is not accessible; no byte moved.
+
+    Attributes:
+        page: The first page of the access that was not accessible.
+    """
+
+    def __init__(self, message: str, *, page: int | None = None) -> None:
+        super().__init__(message)
+        self.page = page

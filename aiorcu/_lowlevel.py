@@ -8,6 +8,7 @@ when it does not or when ``AIORCU_MEMBARRIER=off``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -60,6 +61,11 @@ def debug_fail_membarrier(count: int, err: int) -> None:
     lib.aiorcu_debug_fail_membarrier(count, err)
 
 
+def debug_set_writer_jitter(max_ns: int) -> int:
+    """Writers sleep 0..``max_ns`` at some grace-period steps (0: off); returns the old value."""
+    return int(lib.aiorcu_debug_set_writer_jitter(max_ns))
+
+
 StallHandler = Callable[[int, int, int], None]
 """``handler(waited_ns, stage, phase)``, called from a waiting writer."""
 
@@ -75,6 +81,27 @@ def aiorcu_py_stall(arg: Any, waited_ns: int, stage: int, phase: int) -> None:
         logger.exception("aiorcu stall handler failed")
 
 
+# Domains whose owner was collected, freed after the garbage collection that
+# found them.  In a reference cycle, finalizers run in no particular order:
+# the finalizer of an abandoned task section (which clears its slot flag
+# through a view of C memory) may run after the domain's own, so the domain
+# must outlive the whole collection.  Freeing only at "stop" guarantees that.
+_dead_domains: list[Any] = []
+
+
+def _free_later(d: Any) -> None:
+    _dead_domains.append(d)
+
+
+def _free_dead_domains(phase: str, info: dict[str, int]) -> None:
+    if phase == "stop":
+        while _dead_domains:
+            lib.aiorcu_domain_free(_dead_domains.pop())
+
+
+gc.callbacks.append(_free_dead_domains)
+
+
 class CoreDomain:
     """Owns one C domain and exposes it with Python types."""
 
@@ -84,7 +111,7 @@ class CoreDomain:
         d = lib.aiorcu_domain_new()
         if d == ffi.NULL:
             raise MemoryError("aiorcu: cannot allocate a domain")
-        self._d = ffi.gc(d, lib.aiorcu_domain_free)
+        self._d = ffi.gc(d, _free_later)
         self._stall_handle = ffi.new_handle(stall)
         # Readers load the phase and the waiting bytes from this view with
         # plain loads; the writer stores them with C11 atomics.
@@ -156,3 +183,41 @@ class CoreDomain:
 
     def set_stall(self, first_ns: int, max_ns: int) -> None:
         lib.aiorcu_domain_set_stall(self._d, first_ns, max_ns)
+
+
+class CoreBitmap:
+    """The words of a page bitmap, in C memory, and the C commit routine.
+
+    ``words`` (format ``Q``) and ``octets`` (format ``B``) are views that
+    readers load with plain loads; only `apply()` stores into them.
+    """
+
+    __slots__ = ("_words", "octets", "pages", "words")
+
+    def __init__(self, pages: int, initial: bool) -> None:
+        nwords = max(1, (pages + 63) // 64)
+        # Zeroed by cffi and freed when the last view of it goes away.
+        self._words = ffi.new("uint64_t[]", nwords)
+        self.pages = pages
+        raw = memoryview(ffi.buffer(self._words))
+        self.words: memoryview = raw.cast("Q")
+        self.octets: memoryview = raw.cast("B")
+        if initial:
+            self.apply([(0, pages, True)])
+
+    def first_clear(self, start: int, count: int) -> int:
+        """The first page in the range whose bit is clear, or -1 (C loop, no GIL)."""
+        return int(lib.aiorcu_bitmap_first_clear(self._words, start, count))
+
+    def apply(self, ops: list[tuple[int, int, bool]]) -> tuple[int, int]:
+        """Applies ``(start, count, grant)`` ops in order; returns (granted, revoked)."""
+        if not ops:
+            return 0, 0
+        cops = ffi.new("struct aiorcu_bitmap_op[]", ops)
+        out = ffi.new("uint64_t[2]")
+        rc = lib.aiorcu_bitmap_apply(self._words, self.pages, cops, len(ops), out)
+        if rc == lib.AIORCU_ENOMEM:
+            raise MemoryError("aiorcu: no memory for a bitmap commit; nothing was applied")
+        if rc != lib.AIORCU_OK:
+            raise ValueError(f"aiorcu: bitmap op outside {self.pages} pages; nothing was applied")
+        return int(out[0]), int(out[1])

@@ -304,7 +304,7 @@ class ReadSection:
         while node is not None and not node.open:
             node = node.prev
         if node is None or node.reader is not self or self.ident != get_ident():
-            self._aexit_slow(node)
+            self._aexit_slow(node, exc_type)
             return _READY
         node.open = False
         p = node.phase
@@ -317,10 +317,29 @@ class ReadSection:
                 self._core.wake()
         return _READY
 
-    def _aexit_slow(self, node: _Section | None) -> None:
+    def _aexit_slow(self, node: _Section | None, exc_type: type[BaseException] | None) -> None:
         if self.ident == _ATTENTION and self.owner == get_ident():
             self._attend()
-            self.__aexit__(None, None, None)
+            self.__aexit__(exc_type, None, None)
+            return
+        if (
+            node is None
+            and exc_type is not None
+            and issubclass(exc_type, GeneratorExit)
+            and self.ident == get_ident()
+        ):
+            # A dropped coroutine or async generator is being closed by the
+            # collector or an event loop's finalizer, in a context that is
+            # not the one holding its record.  The record is released (and
+            # reported) when that context is freed; raising here would only
+            # make an unraisable error.
+            logger.warning(
+                "an `async with` section of domain %r was closed outside the task that "
+                "entered it (a task or async generator was dropped while inside); it stays "
+                "open until that task's context is freed. Close async generators with "
+                "aclose() (contextlib.aclosing) and await tasks before dropping them.",
+                self.domain_name,
+            )
             return
         if node is not None and node.open and node.reader is self and self.ident != get_ident():
             # Left on a foreign thread: the owner must release it, and the
@@ -449,7 +468,7 @@ class _FenceReadSection(ReadSection):
         while node is not None and not node.open:
             node = node.prev
         if node is None or node.reader is not self or self.ident != get_ident():
-            self._aexit_slow(node)
+            self._aexit_slow(node, exc_type)
             return _READY
         node.open = False
         self._release_task(node.phase)

@@ -44,6 +44,27 @@ def reader_delay(domain: Domain, delay: Callable[[], None]) -> Iterator[None]:
             reader.__class__ = READER_CLASS
 
 
+@contextlib.contextmanager
+def writer_jitter(max_seconds: float) -> Iterator[None]:
+    """Writers sleep a random 0..``max_seconds`` at some steps of each grace period.
+
+    The sleeps come between the C writer's steps (the counter increment, M1,
+    the two waits, the phase flip, M3, the release of ``completed``), with
+    the writer mutex held, in every domain of the process.  For the torture
+    run's ``--jitter``.
+    """
+    previous = _lowlevel.debug_set_writer_jitter(int(max_seconds * 1e9))
+    try:
+        yield
+    finally:
+        _lowlevel.debug_set_writer_jitter(previous)
+
+
+def completed_sequence(domain: Domain) -> Callable[[], int]:
+    """A cheap callable returning the domain's last completed grace-period number."""
+    return domain._core.completed
+
+
 def fail_membarrier(count: int, err: int = errno.EINVAL) -> None:
     """The next ``count`` membarrier attempts fail with ``err`` (fault injection)."""
     _lowlevel.debug_fail_membarrier(count, err)

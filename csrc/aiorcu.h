@@ -39,6 +39,8 @@
 #define AIORCU_TIMEDOUT 1 /* deadline passed; grace period abandoned */
 #define AIORCU_BUSY 2     /* try mode: would have to wait */
 #define AIORCU_EBARRIER 3 /* no working memory barrier for the readers */
+#define AIORCU_EINVAL 4   /* bitmap op outside the bitmap */
+#define AIORCU_ENOMEM 5   /* out of memory */
 
 /* Barrier mechanisms, chosen once per process. */
 #define AIORCU_MECH_FENCE 0
@@ -115,6 +117,23 @@ void aiorcu_fence_flag_clear(struct aiorcu_domain *d, uint8_t *flags, int index)
 uint64_t aiorcu_monotonic_ns(void);
 
 /*
+ * Page bitmaps (bitmap.c): bit p of words[p / 64] is set while page p is
+ * accessible.  The caller owns the words and serializes apply() calls.
+ */
+struct aiorcu_bitmap_op {
+    uint64_t start;
+    uint64_t count;
+    uint32_t grant; /* 1: set the pages' bits; 0: clear them */
+};
+/* First page in [start, start + count) whose bit is clear, or -1. */
+int64_t aiorcu_bitmap_first_clear(const uint64_t *words, uint64_t start, uint64_t count);
+/* Applies ops in order; stores each changed word once with its final value.
+ * out[0]/out[1]: bits that went clear->set / set->clear.  AIORCU_OK,
+ * AIORCU_EINVAL (an op outside [0, pages): nothing applied) or AIORCU_ENOMEM. */
+int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bitmap_op *ops,
+                        size_t n, uint64_t out[2]);
+
+/*
  * C readers (used by the C stress harness; Python has its own reader that
  * follows the same protocol).  Not thread-safe across threads: one reader
  * object per thread.  Sections nest; the phase is taken by the outermost.
@@ -132,5 +151,9 @@ void aiorcu_read_lock(struct aiorcu_reader *r);
 void aiorcu_read_unlock(struct aiorcu_reader *r);
 /* Debug: called between the reader's phase load and its flag store. */
 extern void (*aiorcu_debug_reader_delay)(void);
+/* Debug: the writer sleeps a random 0..max_ns (nanosleep, no callback) at
+ * some of the steps of each grace period; 0 turns it off.  Process-wide.
+ * Returns the previous setting. */
+uint64_t aiorcu_debug_set_writer_jitter(uint64_t max_ns);
 
 #endif /* AIORCU_H */

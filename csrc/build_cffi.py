@@ -6,7 +6,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["membarrier.c", "domain.c", "grace.c", "reader.c"]
+SOURCES = ["membarrier.c", "domain.c", "grace.c", "reader.c", "bitmap.c"]
 
 CDEF = """
 #define AIORCU_CACHELINE ...
@@ -21,6 +21,8 @@ CDEF = """
 #define AIORCU_TIMEDOUT ...
 #define AIORCU_BUSY ...
 #define AIORCU_EBARRIER ...
+#define AIORCU_EINVAL ...
+#define AIORCU_ENOMEM ...
 #define AIORCU_MECH_FENCE ...
 #define AIORCU_MECH_MEMBARRIER ...
 #define AIORCU_WAIT_FUTEX ...
@@ -43,6 +45,7 @@ int aiorcu_backend_mechanism(void);
 const char *aiorcu_backend_reason(void);
 void aiorcu_fence(void);
 void aiorcu_debug_fail_membarrier(int count, int err);
+uint64_t aiorcu_debug_set_writer_jitter(uint64_t max_ns);
 
 struct aiorcu_domain *aiorcu_domain_new(void);
 void aiorcu_domain_free(struct aiorcu_domain *d);
@@ -65,6 +68,11 @@ int aiorcu_synchronize(struct aiorcu_domain *d, uint64_t target, int64_t timeout
 void aiorcu_wake(struct aiorcu_domain *d);
 void aiorcu_fence_flag_clear(struct aiorcu_domain *d, uint8_t *flags, int index);
 uint64_t aiorcu_monotonic_ns(void);
+
+struct aiorcu_bitmap_op { uint64_t start; uint64_t count; uint32_t grant; };
+int64_t aiorcu_bitmap_first_clear(const uint64_t *words, uint64_t start, uint64_t count);
+int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bitmap_op *ops,
+                        size_t n, uint64_t out[2]);
 
 extern "Python" void aiorcu_py_stall(void *, uint64_t, int, int);
 """

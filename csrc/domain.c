@@ -89,7 +89,12 @@ int aiorcu_slot_alloc(struct aiorcu_domain *d, uint64_t owner_tid)
 
 uint8_t *aiorcu_slot_flags(struct aiorcu_domain *d, int slot)
 {
-    return (uint8_t *)aiorcu__slot(d, slot)->flags;
+    /* Registry lock: a concurrent grow() may reallocate the chunk table.
+     * The slot itself never moves: chunks are only ever added. */
+    pthread_mutex_lock(&d->registry_lock);
+    uint8_t *flags = (uint8_t *)aiorcu__slot(d, slot)->flags;
+    pthread_mutex_unlock(&d->registry_lock);
+    return flags;
 }
 
 static void clear_flags(struct aiorcu_slot *s)

@@ -50,6 +50,38 @@ static void sleep_ns(uint64_t ns)
     nanosleep(&ts, NULL);
 }
 
+/* Debug knob, see aiorcu_debug_set_writer_jitter().  Relaxed: it publishes
+ * nothing, so its accesses pair with no other. */
+static _Atomic uint64_t writer_jitter_ns;
+
+uint64_t aiorcu_debug_set_writer_jitter(uint64_t max_ns)
+{
+    if (max_ns > 1000000000ull)
+        max_ns = 1000000000ull;
+    return atomic_exchange_explicit(&writer_jitter_ns, max_ns, memory_order_relaxed);
+}
+
+/* Between the writer's steps: at one step in four, sleep 0..max ns.  The
+ * sleeps widen the windows between the steps for the torture run. */
+static void writer_jitter(void)
+{
+    uint64_t max = atomic_load_explicit(&writer_jitter_ns, memory_order_relaxed);
+    if (!max)
+        return;
+    static _Thread_local uint64_t state; /* xorshift64*, one per writer thread */
+    if (!state)
+        state = (aiorcu_monotonic_ns() ^ (uint64_t)(uintptr_t)&state) | 1;
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    uint64_t r = state * 0x2545F4914F6CDD1Dull;
+    if (r >> 62)
+        return;
+    uint64_t ns = r % (max + 1);
+    if (ns)
+        sleep_ns(ns);
+}
+
 uint64_t aiorcu_snapshot(struct aiorcu_domain *d)
 {
     /* Full fence: the caller's update (made before this call) is ordered
@@ -87,7 +119,8 @@ void aiorcu_fence_flag_clear(struct aiorcu_domain *d, uint8_t *flags, int index)
      * the writer's barrier between setting it and rescanning. */
     atomic_thread_fence(memory_order_seq_cst);
     int phase = index % 2;
-    if (atomic_load_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], memory_order_relaxed))
+    /* Acquire: pairs with the release store of the waiting byte. */
+    if (atomic_load_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], memory_order_acquire))
         aiorcu_wake(d);
 }
 
@@ -209,7 +242,10 @@ static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_w
             continue;
         }
         atomic_store_explicit(&d->futex, -1, memory_order_relaxed);
-        atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], 1, memory_order_relaxed);
+        /* Release: a reader that sees the waiting byte also sees futex == -1,
+         * so its wake's exchange cannot miss the sleeper (pairs with the
+         * acquire load in aiorcu_fence_flag_clear and the reader's check). */
+        atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], 1, memory_order_release);
         /* Wait barrier: either a reader's load of the waiting byte after its
          * clear (F3) sees 1 and wakes us, or our rescan sees its clear.
          * Pairs with F3 (membarrier mode: the IPI stands in for it).  Never
@@ -240,6 +276,7 @@ static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int call
     /* Under the writer mutex; the update was published before the call. */
     w->gp = atomic_load_explicit(&d->started, memory_order_relaxed) + 1;
     atomic_store_explicit(&d->started, w->gp, memory_order_relaxed);
+    writer_jitter();
     w->elide = can_elide(d, caller_slot);
 
     /* M1: pairs with F1, the compiler barrier between a reader's flag store
@@ -247,25 +284,30 @@ static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int call
      * guaranteed to load the updated data. */
     if (barrier(d, w->elide) < 0)
         return AIORCU_EBARRIER;
+    writer_jitter();
 
     int cur = atomic_load_explicit(&d->ctl.bytes[AIORCU_CTL_PHASE], memory_order_relaxed);
     int rc = wait_phase(d, !cur, AIORCU_STAGE_STRAGGLERS, w);
     if (rc != AIORCU_OK)
         return rc;
+    writer_jitter();
     /* Plain smp_mb around the flip, as in liburcu: progress, not safety. */
     atomic_thread_fence(memory_order_seq_cst);
     atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_PHASE], !cur, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
+    writer_jitter();
 
     rc = wait_phase(d, cur, AIORCU_STAGE_CLOSED, w);
     if (rc != AIORCU_OK)
         return rc; /* abandoned: the flip stays, `completed` does not move */
+    writer_jitter();
 
     /* M3: pairs with F2, the compiler barrier between a reader's last data
      * load and its flag clear; what the caller does next (free, revoke) is
      * ordered after every data load of the readers waited for. */
     if (barrier(d, w->elide) < 0)
         return AIORCU_EBARRIER;
+    writer_jitter();
     /* Release: pairs with the acquire load in aiorcu_completed(). */
     atomic_store_explicit(&d->completed, w->gp, memory_order_release);
     atomic_fetch_add_explicit(&d->grace_periods, 1, memory_order_relaxed);
