@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 STRESS_SECONDS ?= 10
 
-.PHONY: install demo test lint typecheck pytest torture docs docs-check bench soak clean
+.PHONY: install demo test lint typecheck pytest torture csan tsan model docs docs-check bench soak clean
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/aiorcu demo
 
 # Every check, in the order a failure is cheapest to see.
-test: install lint typecheck pytest torture docs-check
+test: install lint typecheck pytest torture csan docs-check
 
 lint: install
 	$(BIN)/ruff check aiorcu tests examples csrc
@@ -35,8 +35,19 @@ pytest: install
 	AIORCU_MEMBARRIER=off AIORCU_STRESS_SECONDS=2 $(BIN)/pytest -q -m "stress or fallback" tests
 
 torture: install
-	$(BIN)/aiorcu torture --seconds 8
-	$(BIN)/aiorcu torture --seconds 4 --busted --expect-failure
+	$(BIN)/aiorcu torture --seconds 10 --jitter
+	AIORCU_MEMBARRIER=off $(BIN)/aiorcu torture --seconds 5 --jitter
+	$(BIN)/aiorcu torture --seconds 5 --busted --expect-failure
+
+# The C core alone under AddressSanitizer + UndefinedBehaviorSanitizer: a
+# threaded stress run in both barrier modes, plus negative controls.
+csan:
+	bash tests/lowlevel/run.sh
+
+# The same under ThreadSanitizer (not in `make test`: TSan cannot see
+# membarrier or fences; tests/lowlevel/README.md says what it checks).
+tsan:
+	bash tests/lowlevel/tsan.sh
 
 docs: install
 	$(BIN)/mkdocs build --strict
@@ -51,4 +62,4 @@ soak: install
 	$(BIN)/aiorcu torture --seconds 600 --report-rss
 
 clean:
-	rm -rf build site csrc/build csrc/*.o aiorcu/*.so aiorcu/_aiorcu_cffi.c
+	rm -rf build site tests/lowlevel/build csrc/build csrc/*.o aiorcu/*.so aiorcu/_aiorcu_cffi.c

@@ -1,0 +1,174 @@
+"""The torture run: passes clean, catches a busted grace period, judges its own figures.
+
+Runs go through a subprocess (``python -m aiorcu._cli torture --json``) so
+their threads, domain and debug hooks never outlive them; one plain-text
+run goes through the CLI in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import aiorcu
+from aiorcu import _cli, _lowlevel, _testing, _torture
+
+from .conftest import HANG_GUARD, STRESS_SECONDS, Background, hold_section
+
+
+def _torture_json(*args: str) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiorcu._cli", "torture", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120 + 2 * STRESS_SECONDS,
+        check=False,
+    )
+    assert proc.stdout.strip(), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _assert_clean(code: int, figures: dict[str, Any]) -> None:
+    assert (code, figures["errors"], figures["failures"]) == (0, 0, []), figures
+    assert figures["reads"] > 0
+    assert figures["thread_reads"] > 0
+    assert figures["task_reads"] > 0
+    assert sum(figures["age_histogram"]) == figures["reads"]
+    assert sum(figures["pipeline"]) == figures["reads"]
+    assert figures["pipeline"][2] == 0  # no read after its replacement's grace period
+    assert figures["grace_periods"] > 0
+    assert figures["backstop_timeouts"] <= figures["long_sections"]
+    # Every replaced object was retired, every deferred retirement ran.
+    assert figures["retired"] == sum(figures["published"].values()) > 0
+    assert figures["callbacks_run"] == figures["callbacks_queued"] > 0
+
+
+@pytest.mark.fallback
+def test_clean_run_passes() -> None:
+    code, figures = _torture_json("--seconds", "2", "--report-rss")
+    _assert_clean(code, figures)
+    assert set(figures["published"]) == {"sync", "deferred", "poll", "async"}
+    rss = figures["rss"]
+    assert rss["judged"] is False  # too short to judge
+    assert rss["end"] > 0 and rss["warm"] > 0
+
+
+@pytest.mark.fallback
+def test_busted_grace_period_is_caught() -> None:
+    code, figures = _torture_json("--seconds", "5", "--busted")
+    assert code == 1
+    assert figures["errors"] > 0
+    assert figures["error_messages"]
+    assert figures["first_error_seconds"] is not None
+
+
+def test_busted_with_expect_failure_succeeds() -> None:
+    code, figures = _torture_json("--seconds", "5", "--busted", "--expect-failure")
+    assert code == 0
+    assert figures["errors"] > 0
+
+
+def test_expect_failure_fails_on_a_clean_run() -> None:
+    code, figures = _torture_json("--seconds", "1", "--expect-failure", "--tasks", "4")
+    assert code == 1
+    assert figures["errors"] == 0
+
+
+def test_jitter_run_passes() -> None:
+    code, figures = _torture_json("--seconds", "2", "--jitter")
+    _assert_clean(code, figures)
+    assert figures["jitter"] is True
+
+
+def test_plain_output(capsys: pytest.CaptureFixture[str]) -> None:
+    code = _cli.main(["torture", "--seconds", "1.5", "--threads", "1", "--tasks", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "age of the objects read" in out
+    assert "   10+" in out
+    # stdout is not a terminal: plain progress lines, not a progress bar.
+    assert re.search(r"^\[ +\d+\.\d s\] reads [\d,]+  grace periods", out, re.MULTILINE), out
+    assert out.rstrip().endswith("OK: no reader saw a retired object")
+
+
+def test_rejects_a_run_without_readers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli.main(["torture", "--threads", "0", "--tasks", "0"]) == 2
+    assert "at least one reader" in capsys.readouterr().out
+
+
+def test_backstops_are_excused_only_by_long_sections() -> None:
+    assert _torture.judge_backstops(0, 0) is None
+    assert _torture.judge_backstops(2, 2) is None
+    message = _torture.judge_backstops(3, 1)
+    assert message is not None
+    assert "at least 2 wake-up(s) were lost" in message
+
+
+def test_rss_growth_is_judged_on_long_runs_only() -> None:
+    mib = 2**20
+    assert _torture.judge_rss(600, 40 * mib, 44 * mib) is None
+    message = _torture.judge_rss(600, 40 * mib, 46 * mib)
+    assert message is not None
+    assert "grew 6.0 MiB" in message
+    assert _torture.judge_rss(10, 40 * mib, 60 * mib) is None
+
+
+def test_rss_bytes_reads_statm() -> None:
+    before = _torture.rss_bytes()
+    block = b"x" * (32 * 2**20)  # written, so resident
+    assert _torture.rss_bytes() > before + 16 * 2**20
+    del block
+
+
+def test_writer_jitter_restores_and_keeps_grace_periods_correct() -> None:
+    domain = aiorcu.Domain(name="jitter")
+    with _testing.writer_jitter(0.0005):
+        assert _lowlevel.debug_set_writer_jitter(500_000) == 500_000
+        for _ in range(20):
+            domain.synchronize_blocking()
+        thread, leave = hold_section(domain)
+        waiter = Background(domain.synchronize_blocking, name="jittered-writer")
+        time.sleep(0.05)
+        assert not waiter.done.is_set()  # still waits for the held section
+        leave.set()
+        assert waiter.done.wait(HANG_GUARD)
+        assert waiter.error is None
+        thread.join(HANG_GUARD)
+    assert _lowlevel.debug_set_writer_jitter(0) == 0
+
+
+def test_completed_sequence_follows_grace_periods() -> None:
+    domain = aiorcu.Domain(name="sequence")
+    completed = _testing.completed_sequence(domain)
+    token = domain.snapshot()
+    assert completed() < token
+    done = threading.Event()
+    domain.call_after_grace_period(done.set)
+    domain.synchronize_blocking()
+    assert completed() >= token
+    assert done.wait(HANG_GUARD)
+
+
+@pytest.mark.stress
+@pytest.mark.fallback
+def test_many_readers_with_jitter() -> None:
+    code, figures = _torture_json(
+        "--seconds", str(max(2.0, STRESS_SECONDS)), "--threads", "4", "--tasks", "50", "--jitter"
+    )
+    _assert_clean(code, figures)
+
+
+@pytest.mark.stress
+def test_busted_is_caught_under_jitter() -> None:
+    code, figures = _torture_json(
+        "--seconds", str(max(3.0, STRESS_SECONDS)), "--busted", "--jitter", "--expect-failure"
+    )
+    assert code == 0
+    assert figures["errors"] > 0
