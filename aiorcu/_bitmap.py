@@ -70,7 +70,6 @@ class Bitmap:
         "_octets",
         "_pages",
         "_var",
-        "_words",
     )
 
     def __init__(self, pages: int, domain: Domain | None = None, initial: bool = False) -> None:
@@ -81,7 +80,6 @@ class Bitmap:
         self._domain = domain if domain is not None else global_domain()
         self._pages = pages
         self._core = _lowlevel.CoreBitmap(pages, bool(initial))
-        self._words = self._core.words
         self._octets = self._core.octets
         self._lock = threading.Lock()
         # The token whose grace period flushes every restriction applied so
@@ -130,7 +128,7 @@ class Bitmap:
             self._refuse_outside("Bitmap.is_set()")
         if not 0 <= page < self._pages:
             raise IndexError(self._range_message("is_set", page, 1))
-        return (self._words[page >> 6] >> (page & 63)) & 1 == 1
+        return (self._octets[page >> 3] >> (page & 7)) & 1 == 1
 
     def check_range(self, start: int, count: int) -> bool:
         """Whether every page in ``[start, start + count)`` is accessible.
@@ -145,7 +143,7 @@ class Bitmap:
         if reader is None or not reader.depth:
             self._refuse_outside("Bitmap.check_range()")
         if count == 1 and 0 <= start < self._pages:
-            return (self._words[start >> 6] >> (start & 63)) & 1 == 1
+            return (self._octets[start >> 3] >> (start & 7)) & 1 == 1
         return self._first_clear(start, count, "check_range") < 0
 
     def first_clear(self, start: int, count: int) -> int | None:
@@ -166,7 +164,7 @@ class Bitmap:
     def _first_clear(self, start: int, count: int, what: str) -> int:
         """First clear page of a range, or -1; the caller made sure it is inside."""
         if count == 1 and 0 <= start < self._pages:
-            return -1 if (self._words[start >> 6] >> (start & 63)) & 1 else start
+            return -1 if (self._octets[start >> 3] >> (start & 7)) & 1 else start
         start, count = operator.index(start), operator.index(count)
         if start < 0 or count < 0 or start + count > self._pages:
             raise IndexError(self._range_message(what, start, count))

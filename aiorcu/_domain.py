@@ -186,21 +186,25 @@ class Domain:
         return reader
 
     def _thread_exited(self, reader: ReadSection) -> None:
-        ident = reader.ident
-        left = reader.thread_exited()
+        # The thread's exit hook and a stall warning that finds the thread dead
+        # may both get here, in either order.  Only the call that unregisters
+        # the reader frees its slot: by the second call the slot may already
+        # belong to a new thread.
         with self._registry_lock:
-            if self._readers.get(reader.slot) is reader:
-                del self._readers[reader.slot]
-            if ident is not None and self._by_ident.get(ident) is reader:
-                del self._by_ident[ident]
+            if self._readers.get(reader.slot) is not reader:
+                return
+            del self._readers[reader.slot]
+            if self._by_ident.get(reader.owner) is reader:
+                del self._by_ident[reader.owner]
+        left = reader.thread_exited()
         self._core.slot_release(reader.slot)
         if left:
             thread = reader.thread()
             logger.warning(
                 "thread %r (id %s) exited inside %d read section(s) of domain %r; "
                 "its reader slot was released",
-                thread.name if thread is not None else "<unknown>",
-                ident,
+                thread.name if thread is not None else reader.thread_name,
+                reader.owner,
                 left,
                 self.name,
             )
@@ -386,8 +390,8 @@ class Domain:
 
     def _describe_reader(self, reader: ReadSection, blocked_ns: int, release_dead: bool) -> str:
         thread = reader.thread()
-        name = thread.name if thread is not None else "<exited>"
-        text = f"thread {name!r} (id {reader.ident})"
+        name = thread.name if thread is not None else reader.thread_name
+        text = f"thread {name!r} (id {reader.owner})"
         if blocked_ns:
             text += f" inside for at least {blocked_ns / 1e9:.3f} s"
         details = []
@@ -403,11 +407,12 @@ class Domain:
         if details:
             text += " [" + "; ".join(details) + "]"
         # Only a thread known to have stopped, outside interpreter shutdown
-        # (when even live daemon threads may look stopped), is released.
+        # (when even live daemon threads may look stopped), is released.  A
+        # collected Thread object means stopped too: threading keeps the
+        # object of every running thread alive.
         if (
             release_dead
-            and thread is not None
-            and not thread.is_alive()
+            and (thread is None or not thread.is_alive())
             and threading.main_thread().is_alive()
         ):
             self._thread_exited(reader)

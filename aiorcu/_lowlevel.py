@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -195,6 +196,9 @@ class CoreBitmap:
     __slots__ = ("_words", "octets", "pages", "words")
 
     def __init__(self, pages: int, initial: bool) -> None:
+        if sys.byteorder != "little":
+            # Readers find page p in byte p // 8, bit p % 8 of the C words.
+            raise RuntimeError("aiorcu bitmaps need a little-endian machine")
         nwords = max(1, (pages + 63) // 64)
         # Zeroed by cffi and freed when the last view of it goes away.
         self._words = ffi.new("uint64_t[]", nwords)

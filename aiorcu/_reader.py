@@ -162,6 +162,7 @@ class ReadSection:
         "slot",
         "tasks",
         "thread",
+        "thread_name",
     )
 
     def __init__(self, domain: Domain, slot: int) -> None:
@@ -179,6 +180,7 @@ class ReadSection:
         # compares it with get_ident() anyway, so the slow path costs nothing.
         self.ident: int | None = self.owner
         self.thread = weakref.ref(threading.current_thread())
+        self.thread_name = threading.current_thread().name  # reports, once the Thread is gone
         self.pid = os.getpid()
         self.depth = 0  # open `with` sections on this thread
         self.phase = 0  # the phase they count in (valid while depth > 0)

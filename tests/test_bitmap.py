@@ -145,7 +145,7 @@ def test_out_of_range_reads_raise_index_error() -> None:
 def test_large_bitmap_fits_in_eight_mib() -> None:
     pages = 2**26  # 256 GiB of 4 KiB pages
     bitmap = aiorcu.Bitmap(pages, initial=True)
-    assert bitmap._words.nbytes == 8 * 2**20
+    assert bitmap._octets.nbytes == 8 * 2**20
     report = bitmap.commit_blocking(_tx(("revoke", pages - 1_000_001, 1_000_000)))
     assert report.pages_revoked == 1_000_000
     with bitmap.domain.read():
