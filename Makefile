@@ -17,8 +17,9 @@ $(STAMP): $(SOURCES)
 
 install: $(STAMP)
 
+# The main job: the page-visibility service under load for a few seconds.
 demo: install
-	$(BIN)/aiorcu demo
+	$(BIN)/python examples/page_visibility/service.py --demo
 
 # Every check, in the order a failure is cheapest to see.
 test: install lint typecheck pytest torture csan docs-check

@@ -481,3 +481,56 @@ def test_no_reader_uses_a_page_after_its_revocation_returned() -> None:
 @pytest.mark.stress
 def test_negative_control_busted_grace_period_is_caught() -> None:
     assert _revocation_race(busted=True, seconds=max(STRESS_SECONDS, 5)) > 0
+
+
+@pytest.mark.anyio
+@pytest.mark.stress
+async def test_commits_cancelled_at_random_points_under_load() -> None:
+    """Each commit is cancelled at a random moment while readers hold pages.
+
+    A cancelled commit either applied nothing or applied everything, and in
+    the second case its caller only regains control after the grace period:
+    the page is marked dead right then, and no reader that saw it accessible
+    may still be inside.
+    """
+    import random
+
+    domain = aiorcu.Domain(name="cancel-commits")
+    ranges, width = 64, 8
+    bitmap = aiorcu.Bitmap(ranges * width, domain=domain, initial=True)
+    dead = bytearray(ranges * width)
+    violations = [0]
+    stop = threading.Event()
+    rng = random.Random(1234)
+
+    def reader(seed: int) -> None:
+        page = seed
+        while not stop.is_set():
+            page = (page * 31 + 11) % (ranges * width)
+            with domain.read():
+                if bitmap.is_set(page):
+                    time.sleep(0.0005 if page % 5 == 0 else 0)
+                    if dead[page]:
+                        violations[0] += 1
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    cancelled = 0
+    try:
+        for i in range(ranges):
+            with anyio.move_on_after(rng.choice([0.0, rng.uniform(0, 0.002)])) as scope:
+                await bitmap.commit(_tx(("revoke", i * width, width), ("grant", i * width, 1)))
+            cancelled += scope.cancelled_caught
+            with domain.read():
+                state = [bitmap.is_set(p) for p in range(i * width, (i + 1) * width)]
+            assert state in ([True] * width, [True] + [False] * (width - 1)), state
+            if not state[1]:
+                dead[i * width + 1 : (i + 1) * width] = b"\1" * (width - 1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert violations[0] == 0, f"{violations[0]} reads of a page after its commit returned"
+    assert cancelled > 0, "no commit was cancelled: the test did not test"  # deadline 0 cancels
+    assert domain.stats().readers_active == 0
