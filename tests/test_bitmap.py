@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import time
 from typing import Any
@@ -493,8 +494,6 @@ async def test_commits_cancelled_at_random_points_under_load() -> None:
     the page is marked dead right then, and no reader that saw it accessible
     may still be inside.
     """
-    import random
-
     domain = aiorcu.Domain(name="cancel-commits")
     ranges, width = 64, 8
     bitmap = aiorcu.Bitmap(ranges * width, domain=domain, initial=True)
