@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -80,3 +81,27 @@ class Background:
 def background_synchronize(domain: aiorcu.Domain, timeout: float = HANG_GUARD) -> Background:
     """``domain.synchronize_blocking(timeout)`` on a writer thread of its own."""
     return Background(lambda: domain.synchronize_blocking(timeout=timeout), name="writer")
+
+
+def run_race(
+    readers: list[Callable[[], None]],
+    writer: Callable[[], None],
+    stop: threading.Event,
+    seconds: float,
+    caught: Callable[[], bool],
+) -> None:
+    """Runs reader threads and a writer thread for ``seconds``, or until ``caught()``.
+
+    The threads loop until ``stop`` is set; a negative control ends as soon
+    as it has caught what it looks for.
+    """
+    threads = [threading.Thread(target=fn) for fn in readers]
+    threads.append(threading.Thread(target=writer))
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not caught():
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import threading
@@ -15,7 +16,7 @@ import pytest
 import aiorcu
 from aiorcu import _testing
 
-from .conftest import HANG_GUARD, STRESS_SECONDS, Background, hold_section
+from .conftest import HANG_GUARD, STRESS_SECONDS, Background, hold_section, run_race
 
 pytestmark = pytest.mark.fallback
 
@@ -461,16 +462,8 @@ def _revocation_race(busted: bool, seconds: float) -> int:
             dead[page] = 0  # a fresh page behind the same number
             bitmap.commit_blocking(_tx(("grant", page, 1)))
 
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
-    threads.append(threading.Thread(target=writer))
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not (busted and violations[0]):
-        time.sleep(0.05)
-    stop.set()
-    for t in threads:
-        t.join()
+    readers = [functools.partial(reader, i) for i in range(3)]
+    run_race(readers, writer, stop, seconds, lambda: busted and violations[0] > 0)
     return violations[0]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 import aiorcu
 from aiorcu import _testing
 
-from .conftest import STRESS_SECONDS
+from .conftest import STRESS_SECONDS, run_race
 
 pytestmark = pytest.mark.fallback
 
@@ -154,16 +155,8 @@ def _revocation_race(busted: bool, seconds: float) -> int:
             dead[page] = 0
             _grant(mem, page)
 
-    threads = [threading.Thread(target=accessor, args=(i,)) for i in range(3)]
-    threads.append(threading.Thread(target=writer))
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not (busted and violations[0]):
-        time.sleep(0.05)
-    stop.set()
-    for t in threads:
-        t.join()
+    readers = [functools.partial(accessor, i) for i in range(3)]
+    run_race(readers, writer, stop, seconds, lambda: busted and violations[0] > 0)
     return violations[0]
 
 
