@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/python examples/page_visibility/service.py --demo
 
 # Every check, in the order a failure is cheapest to see.
-test: install lint typecheck pytest torture csan docs-check
+test: install lint typecheck pytest torture csan model docs-check
 
 lint: install
 	$(BIN)/ruff check aiorcu tests examples csrc
@@ -49,6 +49,12 @@ csan:
 # membarrier or fences; tests/lowlevel/README.md says what it checks).
 tsan:
 	bash tests/lowlevel/tsan.sh
+
+# The Promela model of the grace-period algorithm, checked with spin
+# (installed with apt-get when missing): safe as written, and each broken
+# variant yields the expected counterexample.
+model:
+	bash csrc/model/check.sh
 
 docs: install
 	$(BIN)/mkdocs build --strict
