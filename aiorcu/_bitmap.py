@@ -127,7 +127,10 @@ class Bitmap:
         if reader is None or not reader.depth:
             self._refuse_outside("Bitmap.is_set()")
         if not 0 <= page < self._pages:
-            raise IndexError(self._range_message("is_set", page, 1))
+            raise IndexError(
+                f"Bitmap.is_set({page}) is outside the bitmap's {self._pages} pages "
+                f"(0..{self._pages - 1})"
+            )
         return (self._octets[page >> 3] >> (page & 7)) & 1 == 1
 
     def check_range(self, start: int, count: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal, final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 MAX_PAGE: Final = 2**48
 """Exclusive upper bound of an op's ``start``; also the largest ``count``."""
@@ -17,6 +17,21 @@ SyncMode = Literal["auto", "always", "never"]
 _Start = Annotated[int, Field(strict=True, ge=0, lt=MAX_PAGE)]
 _Count = Annotated[int, Field(strict=True, ge=1, le=MAX_PAGE)]
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def _encodable(label: str) -> str:
+    """Refuses lone surrogates: JSON cannot carry them, so such a label could not be
+    dumped (model_dump_json) or logged as UTF-8."""
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"label must be valid Unicode text; it has a lone surrogate at {exc.start}"
+        ) from None
+    return label
+
+
+_Label = Annotated[str, Field(strict=True), AfterValidator(_encodable)]
 
 
 @final
@@ -89,7 +104,7 @@ class BitmapTransaction(BaseModel):
     earlier commit's reduction is still being flushed); ``"always"``: always
     wait; ``"never"``: never wait — the explicit opt-out, after which the
     caller must wait for a grace period itself before acting on a revocation."""
-    label: Annotated[str, Field(strict=True)] | None = None
+    label: _Label | None = None
     """Free text carried into the report and logs."""
 
 
