@@ -214,10 +214,12 @@ class Bitmap:
         """Applies a transaction and, when needed, waits for a grace period.
 
         With ``sync="auto"`` the wait happens when this commit made some
-        page inaccessible, or when an earlier commit's restriction is still
-        being flushed: either way, once this returns, no reader that could
-        have seen a now-revoked page as accessible is still inside its
-        section.  ``"always"`` waits anyway; ``"never"`` never waits (the
+        page inaccessible, or when it revokes pages that an earlier commit
+        (a concurrent one, or one with ``sync="never"``) made inaccessible
+        and whose grace period has not completed yet: either way, once this
+        returns, no reader that could have seen a page this transaction
+        revokes as accessible is still inside its section.  A commit that
+        only grants never waits.  ``"always"`` waits anyway; ``"never"`` never waits (the
         report says ``synchronized=False``).
 
         Args:
@@ -316,8 +318,18 @@ class Bitmap:
             return self._apply_locked(ops, sync)
 
     def _apply_locked(self, ops: _CoreOps, sync: SyncMode) -> tuple[int, int, int | None]:
-        """Applies ops (lock held); returns counts and the token to wait for, if any."""
-        granted, revoked = self._core.apply(ops)
+        """Applies ops (lock held); returns counts and the token to wait for, if any.
+
+        ``"auto"`` waits when this commit revoked a page.  It also waits when
+        it asked for pages to be revoked that an earlier commit revoked
+        already and whose grace period has not completed (a concurrent
+        commit, or one with ``sync="never"``): its caller will act on those
+        pages too, so it must not return before they are flushed.  The
+        bitmap keeps one token for the latest restriction, which flushes all
+        earlier ones, so that test is "some op here leaves a page revoked
+        and the latest restriction is not flushed yet".
+        """
+        granted, revoked, left_revoked = self._core.apply(ops)
         if revoked:
             # Taken after the stores: its grace period orders them before
             # every reader it waits for (snapshot() fences; M1 pairs with
@@ -326,7 +338,7 @@ class Bitmap:
         if sync == "always":
             return granted, revoked, self._domain.snapshot()
         token = self._flush_token
-        if sync == "auto" and token is not None and not self._domain.poll(token):
+        if sync == "auto" and left_revoked and token is not None and not self._domain.poll(token):
             return granted, revoked, token
         return granted, revoked, None
 

@@ -213,15 +213,19 @@ class CoreBitmap:
         """The first page in the range whose bit is clear, or -1 (C loop, no GIL)."""
         return int(lib.aiorcu_bitmap_first_clear(self._words, start, count))
 
-    def apply(self, ops: list[tuple[int, int, bool]]) -> tuple[int, int]:
-        """Applies ``(start, count, grant)`` ops in order; returns (granted, revoked)."""
+    def apply(self, ops: list[tuple[int, int, bool]]) -> tuple[int, int, int]:
+        """Applies ``(start, count, grant)`` ops in order.
+
+        Returns (granted, revoked, left revoked): bits that went clear->set,
+        set->clear, and pages whose last op was a revoke.
+        """
         if not ops:
-            return 0, 0
+            return 0, 0, 0
         cops = ffi.new("struct aiorcu_bitmap_op[]", ops)
-        out = ffi.new("uint64_t[2]")
+        out = ffi.new("uint64_t[3]")
         rc = lib.aiorcu_bitmap_apply(self._words, self.pages, cops, len(ops), out)
         if rc == lib.AIORCU_ENOMEM:
             raise MemoryError("aiorcu: no memory for a bitmap commit; nothing was applied")
         if rc != lib.AIORCU_OK:
             raise ValueError(f"aiorcu: bitmap op outside {self.pages} pages; nothing was applied")
-        return int(out[0]), int(out[1])
+        return int(out[0]), int(out[1]), int(out[2])

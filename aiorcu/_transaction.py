@@ -100,8 +100,9 @@ class BitmapTransaction(BaseModel):
     ops: tuple[Op, ...] = Field(default=(), max_length=MAX_OPS)
     """The operations, applied in order (at most 2**20)."""
     sync: SyncMode = "auto"
-    """``"auto"``: wait for a grace period when access was reduced (or an
-    earlier commit's reduction is still being flushed); ``"always"``: always
+    """``"auto"``: wait for a grace period when access was reduced (or when
+    pages this transaction revokes were revoked by an earlier commit whose
+    grace period is still running); ``"always"``: always
     wait; ``"never"``: never wait — the explicit opt-out, after which the
     caller must wait for a grace period itself before acting on a revocation."""
     label: _Label | None = None

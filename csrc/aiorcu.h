@@ -128,10 +128,11 @@ struct aiorcu_bitmap_op {
 /* First page in [start, start + count) whose bit is clear, or -1. */
 int64_t aiorcu_bitmap_first_clear(const uint64_t *words, uint64_t start, uint64_t count);
 /* Applies ops in order; stores each changed word once with its final value.
- * out[0]/out[1]: bits that went clear->set / set->clear.  AIORCU_OK,
+ * out[0]/out[1]: bits that went clear->set / set->clear; out[2]: pages whose
+ * last covering op is a revoke (clear now, whatever they were).  AIORCU_OK,
  * AIORCU_EINVAL (an op outside [0, pages): nothing applied) or AIORCU_ENOMEM. */
 int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bitmap_op *ops,
-                        size_t n, uint64_t out[2]);
+                        size_t n, uint64_t out[3]);
 
 /*
  * C readers (used by the C stress harness; Python has its own reader that

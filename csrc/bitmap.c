@@ -162,9 +162,9 @@ static void apply_segment(uint64_t *words, uint64_t a, uint64_t b, int value,
 }
 
 int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bitmap_op *ops,
-                        size_t n, uint64_t out[2])
+                        size_t n, uint64_t out[3])
 {
-    out[0] = out[1] = 0;
+    out[0] = out[1] = out[2] = 0;
     if (n == 0)
         return AIORCU_OK;
     if (n > UINT32_MAX)
@@ -202,8 +202,12 @@ int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bit
         }
         while (h.n && !open[h.v[0]])
             heap_pop(&h);
-        if (h.n && e < 2 * n)
-            apply_segment(words, pos, ev[e].pos, ops[h.v[0]].grant != 0, &p, out);
+        if (h.n && e < 2 * n) {
+            int grant = ops[h.v[0]].grant != 0;
+            if (!grant)
+                out[2] += ev[e].pos - pos; /* pages this commit leaves revoked */
+            apply_segment(words, pos, ev[e].pos, grant, &p, out);
+        }
     }
     flush(words, &p, out);
     free(ev);

@@ -72,7 +72,7 @@ uint64_t aiorcu_monotonic_ns(void);
 struct aiorcu_bitmap_op { uint64_t start; uint64_t count; uint32_t grant; };
 int64_t aiorcu_bitmap_first_clear(const uint64_t *words, uint64_t start, uint64_t count);
 int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bitmap_op *ops,
-                        size_t n, uint64_t out[2]);
+                        size_t n, uint64_t out[3]);
 
 extern "Python" void aiorcu_py_stall(void *, uint64_t, int, int);
 """

@@ -238,18 +238,23 @@ def test_sync_modes() -> None:
     never = bitmap.commit_blocking(_tx(("revoke", 0, 4), sync="never"))
     assert never.restricted and not never.synchronized
     assert never.grace_period_seconds == 0.0
-    # An auto commit that restricts nothing still waits while an earlier
-    # restriction has not been flushed: then no caller goes on too early.
+    # An auto commit that revokes pages an earlier commit already revoked
+    # restricts nothing itself, yet its caller will act on those pages: it
+    # waits until that earlier restriction is flushed.  A grant never waits.
     holder, leave = hold_section(bitmap.domain)
     try:
         never = bitmap.commit_blocking(_tx(("revoke", 4, 4), sync="never"))
         assert not never.synchronized
-        follower = Background(lambda: bitmap.commit_blocking(_tx(("grant", 60, 1))))
+        grant = bitmap.commit_blocking(_tx(("grant", 60, 1)))
+        assert not grant.synchronized and not grant.restricted
+        follower = Background(lambda: bitmap.commit_blocking(_tx(("revoke", 4, 2))))
         assert not follower.done.wait(0.2)  # held by the reader that may see pages 4..7
     finally:
         leave.set()
         holder.join()
     follower.result()
+    again = bitmap.commit_blocking(_tx(("revoke", 4, 2)))
+    assert not again.synchronized and not again.restricted  # flushed by now
     always = bitmap.commit_blocking(_tx(("grant", 0, 1), sync="always"))
     assert always.synchronized and not always.restricted
     assert bitmap.commit_blocking(_tx()).synchronized is False  # flushed already
