@@ -219,8 +219,8 @@ class Bitmap:
         and whose grace period has not completed yet: either way, once this
         returns, no reader that could have seen a page this transaction
         revokes as accessible is still inside its section.  A commit that
-        only grants never waits.  ``"always"`` waits anyway; ``"never"`` never waits (the
-        report says ``synchronized=False``).
+        only grants never waits.  ``"always"`` waits anyway; ``"never"``
+        never waits (the report says ``synchronized=False``).
 
         Args:
             tx: The transaction.

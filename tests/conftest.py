@@ -78,6 +78,18 @@ class Background:
             raise self.error
 
 
+def assert_waits_for_a_reader(domain: aiorcu.Domain, name: str = "reader") -> None:
+    """A grace period started while a thread is inside waits until it leaves."""
+    holder, leave = hold_section(domain, name)
+    writer = background_synchronize(domain)
+    try:
+        assert not writer.done.wait(0.2), "the grace period did not wait for the reader"
+    finally:
+        leave.set()
+        holder.join()
+    writer.result()
+
+
 def background_synchronize(domain: aiorcu.Domain, timeout: float = HANG_GUARD) -> Background:
     """``domain.synchronize_blocking(timeout)`` on a writer thread of its own."""
     return Background(lambda: domain.synchronize_blocking(timeout=timeout), name="writer")

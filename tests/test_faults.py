@@ -43,7 +43,13 @@ import pytest
 import aiorcu
 from aiorcu import _testing
 
-from .conftest import HANG_GUARD, Background, background_synchronize, hold_section
+from .conftest import (
+    HANG_GUARD,
+    Background,
+    assert_waits_for_a_reader,
+    background_synchronize,
+    hold_section,
+)
 
 MEMBARRIER = aiorcu.backend_info().membarrier
 needs_membarrier = pytest.mark.skipif(not MEMBARRIER, reason="membarrier not in use")
@@ -315,14 +321,7 @@ def test_unabsorbable_fault_mid_grace_period_raises_and_later_ones_still_wait() 
         leave.set()
         holder.join()
     again.result()
-    holder2, leave2 = hold_section(d, "later-reader")
-    third = background_synchronize(d)
-    try:
-        assert _still_waiting(third)
-    finally:
-        leave2.set()
-        holder2.join()
-    third.result()
+    assert_waits_for_a_reader(d, "later-reader")
     assert d.stats().readers_active == 0
 
 
@@ -400,14 +399,7 @@ def test_stall_warning_names_a_dead_reader_and_releases_its_slot(
     assert stats.threads_registered == 0 and stats.readers_active == 0
     # Later grace periods complete, and still wait for live readers.
     d.synchronize_blocking(timeout=HANG_GUARD)
-    holder, leave = hold_section(d, "live-reader")
-    writer = background_synchronize(d)
-    try:
-        assert _still_waiting(writer)
-    finally:
-        leave.set()
-        holder.join()
-    writer.result()
+    assert_waits_for_a_reader(d, "live-reader")
     kept.clear()  # the late exit hook runs now; nothing is left for it to do
     gc.collect()
     assert d.stats().threads_registered == 0
