@@ -170,7 +170,10 @@ class Bitmap:
             return -1 if (self._octets[start >> 3] >> (start & 7)) & 1 else start
         start, count = operator.index(start), operator.index(count)
         if start < 0 or count < 0 or start + count > self._pages:
-            raise IndexError(self._range_message(what, start, count))
+            raise IndexError(
+                f"Bitmap.{what}({start}, {count}) is outside the bitmap's {self._pages} pages "
+                f"(0..{self._pages - 1})"
+            )
         if count == 0:
             return -1
         if count > _PY_RANGE_LIMIT:
@@ -183,12 +186,6 @@ class Bitmap:
         if not clear:
             return -1
         return start + (clear & -clear).bit_length() - 1
-
-    def _range_message(self, what: str, start: int, count: int) -> str:
-        return (
-            f"Bitmap.{what}({start}, {count}) is outside the bitmap's {self._pages} pages "
-            f"(0..{self._pages - 1})"
-        )
 
     # -- writers ----------------------------------------------------------------
     def transaction(
