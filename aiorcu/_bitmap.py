@@ -234,8 +234,7 @@ class Bitmap:
         ops = self._prepare(tx)
         if tx.sync != "never":
             self._domain._check_blocking_allowed("Bitmap.commit_blocking()")
-        with self._lock:
-            granted, revoked, token = self._apply_locked(ops, tx.sync)
+        granted, revoked, token = self._apply_blocking(ops, tx.sync)
         waited = 0.0
         if token is not None:
             started = time.perf_counter()

@@ -189,11 +189,11 @@ class CoreDomain:
 class CoreBitmap:
     """The words of a page bitmap, in C memory, and the C commit routine.
 
-    ``words`` (format ``Q``) and ``octets`` (format ``B``) are views that
-    readers load with plain loads; only `apply()` stores into them.
+    ``octets`` (format ``B``) is the view readers load with plain loads;
+    only `apply()` stores into the words.
     """
 
-    __slots__ = ("_words", "octets", "pages", "words")
+    __slots__ = ("_words", "octets", "pages")
 
     def __init__(self, pages: int, initial: bool) -> None:
         if sys.byteorder != "little":
@@ -203,9 +203,7 @@ class CoreBitmap:
         # Zeroed by cffi and freed when the last view of it goes away.
         self._words = ffi.new("uint64_t[]", nwords)
         self.pages = pages
-        raw = memoryview(ffi.buffer(self._words))
-        self.words: memoryview = raw.cast("Q")
-        self.octets: memoryview = raw.cast("B")
+        self.octets: memoryview = memoryview(ffi.buffer(self._words)).cast("B")
         if initial:
             self.apply([(0, pages, True)])
 
