@@ -17,7 +17,7 @@ from ._errors import (
     TransactionRejected,
 )
 from ._memory import GuardedMemory
-from ._reader import ReadSection
+from ._hotpath import ReadSection
 from ._records import BackendInfo, DomainStatistics
 from ._transaction import BitmapTransaction, CommitReport, Grant, Revoke
 

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import operator
-import threading
 import time
-from _thread import get_ident
 from types import TracebackType
-from typing import Final, final
+from typing import final
 
-import anyio
 import anyio.lowlevel
-import anyio.to_thread
 
-from . import _lowlevel
+from . import _hotpath, _lowlevel
+from ._cancel import CommitLock, wait_holding_cancellation
 from ._domain import Domain, global_domain
 from ._errors import RcuUsageError, TransactionRejected
 from ._transaction import MAX_PAGE, BitmapTransaction, CommitReport, Grant, Revoke, SyncMode
-
-# Ranges up to this many pages are checked in Python on a snapshot of their
-# bytes (no GIL hand-off); longer ones by a C loop over whole words.
-_PY_RANGE_LIMIT: Final = 4096
 
 _CoreOps = list[tuple[int, int, bool]]
 
 
 @final
-class Bitmap:
+class Bitmap(_hotpath.BitmapBase):
     """One bit per page: set while the page is accessible.
 
     Readers check pages inside a read section of the bitmap's domain with
@@ -60,17 +52,7 @@ class Bitmap:
         ValueError: ``pages`` is out of range.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_by_ident",
-        "_core",
-        "_domain",
-        "_flush_token",
-        "_lock",
-        "_octets",
-        "_pages",
-        "_var",
-    )
+    __slots__ = ("__weakref__", "_core", "_domain", "_flush_token", "_lock", "_pages")
 
     def __init__(self, pages: int, domain: Domain | None = None, initial: bool = False) -> None:
         if isinstance(pages, bool) or not isinstance(pages, int):
@@ -80,14 +62,11 @@ class Bitmap:
         self._domain = domain if domain is not None else global_domain()
         self._pages = pages
         self._core = _lowlevel.CoreBitmap(pages, bool(initial))
-        self._octets = self._core.octets
-        self._lock = threading.Lock()
+        self._bind_words(self._domain, self._core, self._core.address, pages)
+        self._lock = CommitLock()
         # The token whose grace period flushes every restriction applied so
         # far; None until the first one.  Written under _lock.
         self._flush_token: int | None = None
-        # Cached for the read path, as RcuCell does.
-        self._by_ident = self._domain._by_ident
-        self._var = self._domain._var
 
     def __repr__(self) -> str:
         return f"<aiorcu.Bitmap pages={self._pages} domain={self._domain.name!r}>"
@@ -103,89 +82,10 @@ class Bitmap:
         return self._pages
 
     # -- readers ----------------------------------------------------------------
-    def _refuse_outside(self, what: str) -> None:
-        """The slow half of the "inside a read section?" test; raises when outside."""
-        if not self._domain._task_inside():
-            self._domain._require_inside(what)
-
-    def is_set(self, page: int) -> bool:
-        """Whether ``page`` is accessible; only inside a read section of the domain.
-
-        The answer holds until the section ends: a commit that revokes the
-        page waits for this section before it returns.
-
-        Args:
-            page: ``0 <= page < pages``.
-
-        Raises:
-            RcuUsageError: The caller is outside any read section of the
-                bitmap's domain (this thread's ``with`` or this task's
-                ``async with``).
-            IndexError: ``page`` is outside the bitmap.
-        """
-        reader = self._by_ident.get(get_ident())
-        if reader is None or not reader.depth:
-            self._refuse_outside("Bitmap.is_set()")
-        if not 0 <= page < self._pages:
-            raise IndexError(
-                f"Bitmap.is_set({page}) is outside the bitmap's {self._pages} pages "
-                f"(0..{self._pages - 1})"
-            )
-        return (self._octets[page >> 3] >> (page & 7)) & 1 == 1
-
-    def check_range(self, start: int, count: int) -> bool:
-        """Whether every page in ``[start, start + count)`` is accessible.
-
-        Only inside a read section of the domain; ``count=0`` gives True.
-
-        Raises:
-            RcuUsageError: The caller is outside any read section of the domain.
-            IndexError: The range is not inside the bitmap.
-        """
-        reader = self._by_ident.get(get_ident())
-        if reader is None or not reader.depth:
-            self._refuse_outside("Bitmap.check_range()")
-        if count == 1 and 0 <= start < self._pages:
-            return (self._octets[start >> 3] >> (start & 7)) & 1 == 1
-        return self._first_clear(start, count, "check_range") < 0
-
-    def first_clear(self, start: int, count: int) -> int | None:
-        """The first inaccessible page in ``[start, start + count)``, or None.
-
-        Only inside a read section of the domain.
-
-        Raises:
-            RcuUsageError: The caller is outside any read section of the domain.
-            IndexError: The range is not inside the bitmap.
-        """
-        reader = self._by_ident.get(get_ident())
-        if reader is None or not reader.depth:
-            self._refuse_outside("Bitmap.first_clear()")
-        page = self._first_clear(start, count, "first_clear")
-        return None if page < 0 else page
-
-    def _first_clear(self, start: int, count: int, what: str) -> int:
-        """First clear page of a range, or -1; the caller made sure it is inside."""
-        if count == 1 and 0 <= start < self._pages:
-            return -1 if (self._octets[start >> 3] >> (start & 7)) & 1 else start
-        start, count = operator.index(start), operator.index(count)
-        if start < 0 or count < 0 or start + count > self._pages:
-            raise IndexError(
-                f"Bitmap.{what}({start}, {count}) is outside the bitmap's {self._pages} pages "
-                f"(0..{self._pages - 1})"
-            )
-        if count == 0:
-            return -1
-        if count > _PY_RANGE_LIMIT:
-            return self._core.first_clear(start, count)
-        # The bytes of the range as one int: bit i is page (start & ~7) + i.
-        # Each byte is loaded whole, so each page reads as before or after a
-        # concurrent commit, never anything else.
-        bits = int.from_bytes(self._octets[start >> 3 : (start + count + 7) >> 3], "little")
-        clear = ~(bits >> (start & 7)) & ((1 << count) - 1)
-        if not clear:
-            return -1
-        return start + (clear & -clear).bit_length() - 1
+    # is_set(page), check_range(start, count) and first_clear(start, count)
+    # are C methods (_hotpath.BitmapBase, documented in _hotpath.pyi): each
+    # refuses to run outside a read section of the domain, then loads the
+    # words without a lock.
 
     # -- writers ----------------------------------------------------------------
     def transaction(
@@ -234,7 +134,11 @@ class Bitmap:
         ops = self._prepare(tx)
         if tx.sync != "never":
             self._domain._check_blocking_allowed("Bitmap.commit_blocking()")
-        granted, revoked, token = self._apply_blocking(ops, tx.sync)
+        self._lock.acquire_blocking()
+        try:
+            granted, revoked, token = self._apply_locked(ops, tx.sync)
+        finally:
+            self._lock.release()
         waited = 0.0
         if token is not None:
             started = time.perf_counter()
@@ -249,10 +153,16 @@ class Bitmap:
         grace-period wait is shared and offloaded like ``await``
         `Domain.synchronize()`.
 
-        Cancellation: a commit cancelled before it applies changes nothing.
-        Once applied, its grace-period wait is shielded and the cancellation
-        is delivered when the wait is over, so no caller goes on while a
-        reader may still use a revoked page.
+        Cancellation: a commit called in a cancelled scope (trio, anyio),
+        or cancelled while it waits for another commit of this bitmap to
+        finish, withdraws at once: nothing is applied, then or later.
+        (asyncio's ``Task.cancel()`` takes effect at the first suspension,
+        which is that lock wait when there is one.)  Once applied, its grace-period wait runs
+        to the end whatever cancels it (trio's and anyio's cancel scopes,
+        and asyncio's own ``Task.cancel()``, ``wait_for``,
+        ``asyncio.timeout`` and ``TaskGroup`` alike); the cancellation is
+        then delivered, the same exception object, so no caller goes on
+        while a reader may still use a revoked page.
 
         Args:
             tx: The transaction.
@@ -269,22 +179,18 @@ class Bitmap:
         if tx.sync != "never":
             self._domain._check_async_allowed("Bitmap.commit()")
         await anyio.lowlevel.checkpoint_if_cancelled()
-        with anyio.CancelScope(shield=True):
-            if self._lock.acquire(blocking=False):
-                try:
-                    granted, revoked, token = self._apply_locked(ops, tx.sync)
-                finally:
-                    self._lock.release()
-            else:  # another commit holds the lock: wait for it off the loop
-                granted, revoked, token = await anyio.to_thread.run_sync(
-                    self._apply_blocking, ops, tx.sync
-                )
-            waited = 0.0
-            if token is not None:
-                started = time.perf_counter()
-                await self._domain.wait(token)
-                waited = time.perf_counter() - started
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._lock.acquire()
+        # No await from here to the release: a cancellation cannot come
+        # between the lock and the apply.
+        try:
+            granted, revoked, token = self._apply_locked(ops, tx.sync)
+        finally:
+            self._lock.release()
+        waited = 0.0
+        if token is not None:
+            started = time.perf_counter()
+            await wait_holding_cancellation(lambda: self._domain.wait(token))
+            waited = time.perf_counter() - started
         return self._report(tx, granted, revoked, token is not None, waited)
 
     def _prepare(self, tx: BitmapTransaction) -> _CoreOps:
@@ -308,10 +214,6 @@ class Bitmap:
                 index=index,
                 op=op,
             )
-
-    def _apply_blocking(self, ops: _CoreOps, sync: SyncMode) -> tuple[int, int, int | None]:
-        with self._lock:
-            return self._apply_locked(ops, sync)
 
     def _apply_locked(self, ops: _CoreOps, sync: SyncMode) -> tuple[int, int, int | None]:
         """Applies ops (lock held); returns counts and the token to wait for, if any.

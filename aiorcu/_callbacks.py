@@ -1,16 +1,22 @@
 """Deferred reclamation: callbacks that run after a grace period.
 
-``domain.call_after_grace_period(fn, *args)`` only appends to a deque: the
-caller never blocks and never enters C.  The domain's callback thread takes
-everything queued so far as one batch, waits for one grace period that began
-after it took them, then runs the batch in order.  Ten thousand callbacks
-queued at once thus cost a handful of grace periods, not ten thousand.
+``domain.call_after_grace_period(fn, *args)`` (C, in ``_hotpath``) only
+appends to a deque: the caller never blocks.  The domain's callback thread
+takes everything queued so far as one batch, waits for one grace period that
+began after it took them, then runs the batch in order.  Ten thousand
+callbacks queued at once thus cost a handful of grace periods, not ten
+thousand.
 
 Why one grace period covers the batch: each caller published its change
 before queueing (program order); the worker's pop of the entry happens after
 the append (the deque is thread-safe), and the grace period's sequence number
 is read after a full fence that follows the pop, so that grace period began
 after every change the batch retires.
+
+Waking the worker: a producer appends, issues a full fence, then reads the
+domain's idle flag; the worker stores the flag (seq_cst, then a full fence)
+and then re-reads the queue.  One of the two sees the other, so an entry is
+never left in the queue while the worker sleeps.
 
 The thread starts on the first callback, is a daemon, and exits after a few
 idle seconds.  A fork child starts with an empty queue and no thread: what
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import inspect
 import logging
 import threading
 import time
@@ -68,39 +75,48 @@ class CallbackWorker:
         grace_period: Runs one grace period that starts after the call and
             returns True, or False if ``timeout_ns`` (-1: none) passed first;
             raises if the grace period failed.
+        bind: Gives the domain's C queueing path the queue's ``append`` and
+            a function that wakes this worker.
+        set_idle: Stores the domain's idle flag (see the module doc).
     """
 
     __slots__ = (
         "__weakref__",
         "_batch",
+        "_bind",
         "_grace_period",
         "_in_flight",
         "_lock",
         "_queue",
+        "_set_idle",
         "_thread",
         "_wake",
-        "append",
-        "idle",
         "name",
     )
 
-    def __init__(self, name: str, grace_period: Callable[[int], bool]) -> None:
+    def __init__(
+        self,
+        name: str,
+        grace_period: Callable[[int], bool],
+        bind: Callable[[Callable[[Entry], None], Callable[[], None]], None],
+        set_idle: Callable[[bool], None],
+    ) -> None:
         self.name = name
         self._grace_period = grace_period
+        self._bind = bind
+        self._set_idle = set_idle
         self._fresh()
         _workers.add(self)
 
     def _fresh(self) -> None:
         self._queue: collections.deque[Entry] = collections.deque()
-        # The producer's hot path (Domain.call_after_grace_period) calls
-        # `append` and reads `idle` directly: one Python frame per callback.
-        self.append = self._queue.append
-        self.idle = True  # no thread is awake to see new entries
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._batch: list[Entry] = []  # taken from the queue by the running batch
         self._in_flight = 0  # entries at the end of _batch not yet started
+        self._set_idle(True)  # no thread is awake to see new entries
+        self._bind(self._queue.append, self.wake)
 
     def after_fork(self) -> None:
         """In a fork child: an empty queue and no thread (see the module doc)."""
@@ -114,7 +130,7 @@ class CallbackWorker:
     def wake(self) -> None:
         """Makes sure a thread will see what was appended (starts one if needed)."""
         with self._lock:
-            self.idle = False
+            self._set_idle(False)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._main, name=f"aiorcu-callbacks-{self.name}", daemon=True
@@ -129,11 +145,7 @@ class CallbackWorker:
         while True:
             if not queue:
                 with self._lock:
-                    self.idle = True
-                # A producer appends, then reads `idle`; we store `idle`, then
-                # read the queue: one of us sees the other (under the GIL
-                # trivially; without it a missed wake-up costs at most the
-                # idle timeout, since the exit check below holds the lock).
+                    self._set_idle(True)  # seq_cst store and fence (module doc)
                 if not queue and not self._wake.wait(IDLE_EXIT_SECONDS):
                     with self._lock:
                         if self._thread is not me or not queue:
@@ -144,7 +156,7 @@ class CallbackWorker:
                 with self._lock:
                     if self._thread is not me:
                         return  # the exit handler took over
-                    self.idle = False
+                    self._set_idle(False)
                 continue
             batch = self._take()
             try:
@@ -184,11 +196,14 @@ class CallbackWorker:
                 self._in_flight -= 1
                 fn, args = split(entry)
                 try:
-                    fn(*args)
+                    result = fn(*args)
                 except Exception:
                     logger.exception(
                         "callback %r of domain %r raised; the worker goes on", fn, self.name
                     )
+                    continue
+                if result is not None and inspect.isawaitable(result):
+                    _drop_awaitable(fn, result, self.name)
         finally:
             _state.running = False
 
@@ -236,6 +251,22 @@ class CallbackWorker:
         batch, in_flight = self._batch, self._in_flight
         started = len(batch) - in_flight if 0 < in_flight <= len(batch) else len(batch)
         return batch[started:] + list(self._queue)
+
+
+def _drop_awaitable(fn: object, result: object, domain: str) -> None:
+    """A callback returned an awaitable, which no thread here can await."""
+    close = getattr(result, "close", None)
+    if callable(close):
+        close()  # a coroutine: closed, so it never warns "was never awaited"
+    logger.warning(
+        "callback %r of domain %r returned an awaitable (%r), which was closed without "
+        "running: callbacks run on a thread with no event loop. Schedule the coroutine on "
+        "your loop instead (asyncio.run_coroutine_threadsafe), or retire with "
+        "`await cell.replace(new, retire=...)`, which awaits it",
+        fn,
+        domain,
+        type(result).__name__,
+    )
 
 
 @atexit.register

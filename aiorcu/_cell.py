@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
+import sys
 import threading
-from _thread import get_ident
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar, final
 
+from . import _hotpath
 from ._domain import Domain, global_domain
+from ._worker import current_library
 
 T = TypeVar("T")
 
+logger = logging.getLogger("aiorcu")
+
+Retire = Callable[[T], object]
+"""Called with a retired object once no reader can hold it."""
+
 
 @final
-class RcuCell(Generic[T]):
+class RcuCell(_hotpath.CellBase[T], Generic[T]):
     """Holds one published object; readers use it, writers swap it.
 
     The RCU version of an attribute that many readers consult and a writer
@@ -29,10 +39,10 @@ class RcuCell(Generic[T]):
     Treat published objects as immutable: a reader may hold one for a whole
     section, so change a copy and publish that.
 
-    ``get()`` costs one check that the caller is inside a section and an
-    attribute load.  Writers are serialized by a lock of their own, so
-    concurrent `update()` calls never lose each other's changes; readers
-    never touch it.
+    `get()` returns the published object, only inside a read section of
+    the cell's domain (else `RcuUsageError`); it is C: one check that the
+    caller is inside a section and a load.  Writers are serialized by a lock of their own, so concurrent
+    `update()` calls never lose each other's changes; readers never touch it.
 
     Args:
         initial: The first published object.
@@ -40,45 +50,16 @@ class RcuCell(Generic[T]):
             by default.
     """
 
-    __slots__ = ("_by_ident", "_domain", "_lock", "_value", "_var")
+    __slots__ = ("__weakref__", "_lock")
 
     def __init__(self, initial: T, domain: Domain | None = None) -> None:
-        self._domain = domain if domain is not None else global_domain()
-        self._value = initial
+        super().__init__(domain if domain is not None else global_domain(), initial)
         self._lock = threading.Lock()
-        # Cached for get(): two attribute loads fewer per call.  A fork child
-        # gets new dicts in its domain; this one then only misses threads
-        # created in the child, which take the (correct) slow path below.
-        self._by_ident = self._domain._by_ident
-        self._var = self._domain._var
 
     @property
     def domain(self) -> Domain:
         """The domain whose read sections protect the cell."""
-        return self._domain
-
-    def get(self) -> T:
-        """Returns the published object; only inside a read section of the cell's domain.
-
-        The object stays safe to use until the section ends: a writer retires
-        it only after a grace period that waits for this section.
-
-        Raises:
-            RcuUsageError: The caller is outside any read section of the
-                domain (this thread's ``with`` or this task's ``async with``).
-        """
-        # The object load needs no fence: the writer's grace period orders
-        # it (M1 pairs with the section's flag store), as for any RCU read.
-        reader = self._by_ident.get(get_ident())
-        if reader is not None and reader.depth:
-            return self._value
-        node = self._var.get()
-        while node is not None:
-            if node.open:
-                return self._value
-            node = node.prev
-        self._domain._require_inside("RcuCell.get()")
-        return self._value  # the thread registered after this cell was made, or after fork
+        return self._domain  # type: ignore[return-value]  # always a Domain
 
     def publish(self, new: T) -> T:
         """Publishes ``new`` without waiting and returns the old object.
@@ -95,11 +76,10 @@ class RcuCell(Generic[T]):
             The object that was published before.
         """
         with self._lock:
-            old = self._value
-            self._value = new
+            old: T = self._swap(new)
         return old
 
-    def replace_blocking(self, new: T, retire: Callable[[T], object] | None = None) -> T:
+    def replace_blocking(self, new: T, retire: Retire[T] | None = None) -> T:
         """Publishes ``new``, blocks for a grace period, then calls ``retire(old)``.
 
         For thread code that may block.  The writer lock is held only to
@@ -108,7 +88,8 @@ class RcuCell(Generic[T]):
         Args:
             new: The object to publish.
             retire: Called with the old object once no reader can hold it
-                (close it, free it, return it to a pool).
+                (close it, free it, return it to a pool).  A coroutine
+                function is refused: use ``await`` `replace()`.
 
         Returns:
             The old object, which no reader holds any more.
@@ -117,29 +98,37 @@ class RcuCell(Generic[T]):
             RcuUsageError: Called inside a read section on this thread, or
                 from a callback: the wait could never finish.  Nothing was
                 published.
+            TypeError: ``retire`` is a coroutine function.  Nothing was
+                published.
         """
-        self._domain._check_blocking_allowed("RcuCell.replace_blocking()")
+        _refuse_async_retire(retire, "replace_blocking()")
+        self.domain._check_blocking_allowed("RcuCell.replace_blocking()")
         old = self.publish(new)
-        self._domain.synchronize_blocking()
+        self.domain.synchronize_blocking()
         if retire is not None:
             retire(old)
         return old
 
-    async def replace(self, new: T, retire: Callable[[T], object] | None = None) -> T:
+    async def replace(self, new: T, retire: Retire[T] | None = None) -> T:
         """Publishes ``new``, awaits a grace period, then calls ``retire(old)``.
 
         The event loop keeps running while the grace period completes, as for
-        ``await domain.synchronize()``; ``retire`` runs in this task.
+        ``await domain.synchronize()``; ``retire`` runs in this task, and is
+        awaited if it is a coroutine function.
 
-        Cancellation: ``new`` is published before the first checkpoint.  If
-        the call is cancelled while waiting, ``new`` stays published and
-        ``retire(old)`` is handed to ``call_after_grace_period``, so the old
-        object is still retired after the grace period (on the domain's
-        callback thread); the cancellation then propagates.
+        Cancellation: ``new`` is published before the first checkpoint, and
+        the wait cancels promptly.  If the call is cancelled while waiting,
+        ``new`` stays published and ``retire(old)`` still runs after the
+        grace period: a plain function on the domain's callback thread
+        (``call_after_grace_period``), a coroutine function as a new task on
+        this event loop (trio: a system task), reported on the ``aiorcu``
+        logger if the loop is gone by then.  The cancellation then
+        propagates.
 
         Args:
             new: The object to publish.
-            retire: Called with the old object once no reader can hold it.
+            retire: Called (or awaited) with the old object once no reader
+                can hold it.
 
         Returns:
             The old object, which no reader holds any more.
@@ -149,19 +138,25 @@ class RcuCell(Generic[T]):
                 is inside a read section of the domain, or the caller is a
                 callback.  Nothing was published.
         """
-        self._domain._check_async_allowed("await RcuCell.replace()")
+        domain = self.domain
+        domain._check_async_allowed("await RcuCell.replace()")
         old = self.publish(new)
         try:
-            await self._domain.synchronize()
+            await domain.synchronize()
         except BaseException:
             if retire is not None:
-                self._domain.call_after_grace_period(retire, old)
+                if inspect.iscoroutinefunction(retire):
+                    domain.call_after_grace_period(_loop_spawner(retire, domain.name), old)
+                else:
+                    domain.call_after_grace_period(retire, old)
             raise
         if retire is not None:
-            retire(old)
+            result = retire(old)
+            if inspect.isawaitable(result):
+                await result
         return old
 
-    def update(self, fn: Callable[[T], T], retire: Callable[[T], object] | None = None) -> T:
+    def update(self, fn: Callable[[T], T], retire: Retire[T] | None = None) -> T:
         """Publishes ``fn(old)``, computed under the cell's writer lock; never waits.
 
         For read-modify-write from any thread or task: concurrent updates
@@ -174,18 +169,74 @@ class RcuCell(Generic[T]):
             fn: Computes the new object from the current one.  If it raises,
                 nothing changes and the exception propagates.
             retire: Called with the old object on the domain's callback
-                thread once no reader can hold it.
+                thread once no reader can hold it.  A coroutine function is
+                refused: the callback thread has no event loop.
 
         Returns:
             The new object.
+
+        Raises:
+            TypeError: ``retire`` is a coroutine function.  Nothing was
+                published.
         """
+        _refuse_async_retire(retire, "update()")
         with self._lock:
-            old = self._value
-            new = fn(old)
-            self._value = new
+            new = fn(self._current)
+            old: T = self._swap(new)
         if retire is not None:
-            self._domain.call_after_grace_period(retire, old)
+            self.domain.call_after_grace_period(retire, old)
         return new
 
     def __repr__(self) -> str:
-        return f"<aiorcu.RcuCell domain={self._domain.name!r}>"
+        return f"<aiorcu.RcuCell domain={self.domain.name!r}>"
+
+
+def _refuse_async_retire(retire: object, what: str) -> None:
+    if retire is not None and inspect.iscoroutinefunction(retire):
+        raise TypeError(
+            f"RcuCell.{what} cannot await retire={retire!r}, a coroutine function: "
+            "use `await cell.replace(new, retire=...)`, which awaits it, or pass a plain "
+            "function"
+        )
+
+
+def _loop_spawner(retire: Callable[[T], Awaitable[object]], domain: str) -> Callable[[T], None]:
+    """A plain callback that runs ``await retire(old)`` on the calling task's loop."""
+    if current_library() == "trio":
+        trio = sys.modules["trio"]
+        token = trio.lowlevel.current_trio_token()
+
+        def spawn_trio(old: T) -> None:
+            async def run() -> None:
+                await retire(old)
+
+            try:
+                token.run_sync_soon(trio.lowlevel.spawn_system_task, run)
+            except trio.RunFinishedError:
+                _report_lost(retire, domain)
+
+        return spawn_trio
+    loop = asyncio.get_running_loop()
+
+    def spawn_asyncio(old: T) -> None:
+        async def run() -> None:
+            await retire(old)
+
+        coro = run()
+        try:
+            loop.call_soon_threadsafe(loop.create_task, coro)
+        except RuntimeError:  # the loop is closed
+            coro.close()
+            _report_lost(retire, domain)
+
+    return spawn_asyncio
+
+
+def _report_lost(retire: object, domain: str) -> None:
+    logger.warning(
+        "retire %r of a cancelled `await RcuCell.replace()` in domain %r did not run: the "
+        "event loop it was to run on had finished by the end of the grace period",
+        retire,
+        domain,
+    )
+

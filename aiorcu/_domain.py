@@ -3,123 +3,42 @@
 from __future__ import annotations
 
 import contextvars
-import functools
 import itertools
 import logging
 import os
 import threading
 import weakref
-from _thread import get_ident
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, final
+import inspect
+from typing import final
 
 import anyio
 
-from . import _callbacks, _lowlevel
-from ._errors import AiorcuError, GracePeriodTimeout, RcuUsageError
-from ._reader import READER_CLASS, ReadSection, _Section, tasks_inside
+from . import _callbacks, _hotpath, _lowlevel
+from ._errors import GracePeriodTimeout, RcuUsageError
+from ._grace import GraceRunner, stall_seconds, timeout_ns
+from ._hotpath import ReadSection
 from ._records import BackendInfo, DomainStatistics
 from ._worker import GraceWorker, Waiter, threadsafe_setter
 
 logger = logging.getLogger("aiorcu")
 
-_STAGES: Final = {
-    _lowlevel.STAGE_STRAGGLERS: "readers that entered before the last phase flip",
-    _lowlevel.STAGE_CLOSED: "readers of the phase this grace period closed",
-}
 _names = itertools.count(1)
 _domains: weakref.WeakSet[Domain] = weakref.WeakSet()
 
+_KINDS = {_lowlevel.KIND_THREAD: "`with`", _lowlevel.KIND_TASK: "`async with`"}
 
-class _ThreadSentinel:
-    """Lives only in a thread's local storage: dropped when the thread exits."""
-
-    __slots__ = ("domain", "reader")
-
-    def __init__(self, domain: Domain, reader: ReadSection) -> None:
-        self.domain = weakref.ref(domain)
-        self.reader = reader
-
-    def __del__(self) -> None:
-        try:
-            domain = self.domain()
-            if domain is not None and self.reader.pid == os.getpid():
-                domain._thread_exited(self.reader)
-        except Exception:  # interpreter shutdown: modules may be half gone
-            pass
-
-
-class _FirstSection:
-    """What ``domain.read()`` returns on a thread that has no reader yet.
-
-    Registers the thread's reader, then behaves as it: only the first
-    section on each thread goes through here.  Every method acts on the
-    *calling* thread's reader, so one instance serves all threads.
-    """
-
-    __slots__ = ("_domain",)
-
-    def __init__(self, domain: Domain) -> None:
-        self._domain = domain
-
-    def _reader(self) -> ReadSection:
-        local = self._domain._local
-        reader: ReadSection | None = getattr(local, "reader", None)
-        if reader is None:
-            reader = self._domain._register_reader()
-            local.reader = reader
-            local.sentinel = _ThreadSentinel(self._domain, reader)
-        return reader
-
-    def __enter__(self) -> None:
-        self._reader().__enter__()
-
-    def _entered(self) -> ReadSection:
-        """The reader a section was entered with, for leaving it.
-
-        A section entered here and left on another thread must reach the
-        entering thread's reader, which reports the misuse; registering a
-        reader for the leaving thread would hide it.
-        """
-        domain = self._domain
-        node = domain._var.get()
-        while node is not None and not node.open:
-            node = node.prev
-        if node is not None:
-            return node.reader
-        reader: ReadSection | None = getattr(domain._local, "reader", None)
-        if reader is None:
-            # Left on a thread that never read: the section belongs to some
-            # other thread; if only one has a `with` section open, it is it.
-            with domain._registry_lock:
-                open_readers = [r for r in domain._readers.values() if r.depth]
-            if len(open_readers) == 1:
-                return open_readers[0]
-            raise RcuUsageError(
-                f"a read section of domain {domain.name!r} was left on thread "
-                f"{threading.current_thread().name!r}, which never entered one; sections are "
-                "per thread: leave the section on the thread that entered it"
-            )
-        return reader
-
-    def __exit__(self, *exc: Any) -> None:
-        reader: ReadSection | None = getattr(self._domain._local, "reader", None)
-        (reader if reader is not None else self._entered()).__exit__(*exc)
-
-    def __aenter__(self) -> Awaitable[None]:
-        return self._reader().__aenter__()
-
-    def __aexit__(self, *exc: Any) -> Awaitable[None]:
-        return self._entered().__aexit__(*exc)
+# The C read path names threads as the core does, raises RcuUsageError, and
+# refuses coroutine functions as callbacks the way inspect decides them.
+_hotpath.configure(_lowlevel.THREAD_SERIAL_ADDRESS, RcuUsageError, inspect.iscoroutinefunction)
 
 
 @final
-class Domain:
+class Domain(_hotpath.DomainBase):
     """An RCU domain: readers that never block, writers that wait for them.
 
     Readers enter a *read section* with ``with domain.read():`` (threads) or
-    ``async with domain.read():`` (tasks).  A section costs a few plain stores
-    to memory that only the reading thread writes: no lock, no system call,
+    ``async with domain.read():`` (tasks).  A section costs a few stores to
+    memory that only the reading thread writes: no lock, no system call,
     and no memory barrier when membarrier(2) is available.
 
     A writer publishes a change, then waits for a *grace period* with
@@ -134,114 +53,86 @@ class Domain:
     Args:
         name: Shown in logs, stall warnings and reprs.  Defaults to
             ``"domain-N"``.
+        stall_warning: Seconds a grace period may wait for readers before
+            a warning on the ``aiorcu`` logger names them; it repeats at
+            doubling intervals up to 60 s.  ``None`` never warns.
+
+    Raises:
+        ValueError: ``stall_warning`` is zero, negative or NaN.
     """
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, *, stall_warning: float | None = 1.0) -> None:
+        seconds = stall_seconds(stall_warning)
         self.name: str = name if name is not None else f"domain-{next(_names)}"
-        self._core = _lowlevel.CoreDomain(self._on_stall)
-        self._var: contextvars.ContextVar[_Section | None] = contextvars.ContextVar(
+        self._var: contextvars.ContextVar[ReadSection | None] = contextvars.ContextVar(
             f"aiorcu-section-{self.name}", default=None
         )
-        self._reader_class: type[ReadSection] = READER_CLASS
-        self._registry_lock = threading.Lock()
-        self._readers: dict[int, ReadSection] = {}  # slot -> reader
-        self._by_ident: dict[int, ReadSection] = {}  # thread ident -> reader
-        self._stall_warnings = 0
-        self._busted = False
-        self._worker = GraceWorker(self.name, self._run_for_worker, self._core.completed)
-        self._callbacks = _callbacks.CallbackWorker(self.name, self._grace_period_for_callbacks)
-        self._local = threading.local()
-        # The read path is the hot path: an instance attribute that is a C
-        # partial of getattr on a plain threading.local costs no Python frame
-        # (a local subclass with __getattr__ would cost ~70 ns more).  Threads
-        # without a reader get the shared _FirstSection.  `read` documents it.
-        self.__dict__["read"] = functools.partial(
-            getattr, self._local, "reader", _FirstSection(self)
+        self._grace = GraceRunner(self.name, self._var, seconds)  # type: ignore[arg-type]
+        self._threads = self._grace.registry
+        core = self._grace.core
+        self._bind(core, self._var, *core.hotpath_binding())
+        self._worker = GraceWorker(self.name, self._grace.run_for_worker, core.completed)
+        self._callbacks = _callbacks.CallbackWorker(
+            self.name, self._grace.run_for_callbacks, self._set_callbacks, self._set_idle
         )
         _domains.add(self)
 
-    def read(self) -> ReadSection:
-        """Returns this thread's read section of this domain, to enter at once.
+    # -- read side (the hot path is C: _hotpath.DomainBase) -------------------
+    # read() and call_after_grace_period() are inherited C methods; see
+    # _hotpath.pyi for their documentation.
 
-        ``with domain.read():`` protects thread code; sections nest.
-        ``async with domain.read():`` protects task code and may await inside;
-        it pins the section to the event loop's thread, and many tasks may
-        hold overlapping sections.  Inside, readers may use whatever the
-        domain protects; a writer's grace period waits for the section to end.
+    def _thread_slot(self, create: bool) -> int | None:
+        # The C read path's slow path: its thread-local cache missed.
+        return self._threads.thread_slot(create)
 
-        Returns:
-            The calling thread's reusable section object.  Use it right away;
-            never hand it to another thread.
-        """
-        return self.__dict__["read"]()  # type: ignore[no-any-return]
+    def _refuse_outside(self, what: str) -> None:
+        raise RcuUsageError(
+            f"{what} called outside a read section of domain {self.name!r}; wrap the access in "
+            "`with domain.read():` (thread code) or `async with domain.read():` (task code). "
+            "A worker thread running a copy of a task's context (asyncio.to_thread, "
+            "run_in_executor) is not inside that task's section"
+        )
 
-    # -- registry -----------------------------------------------------------
-    def _register_reader(self) -> ReadSection:
-        ident = get_ident()
-        slot = self._core.slot_alloc(ident)
-        reader = self._reader_class(self, slot)
-        with self._registry_lock:
-            self._readers[slot] = reader
-            self._by_ident[ident] = reader
-        return reader
-
-    def _thread_exited(self, reader: ReadSection) -> None:
-        # The thread's exit hook and a stall warning that finds the thread dead
-        # may both get here, in either order.  Only the call that unregisters
-        # the reader frees its slot: by the second call the slot may already
-        # belong to a new thread.
-        with self._registry_lock:
-            if self._readers.get(reader.slot) is not reader:
-                return
-            del self._readers[reader.slot]
-            if self._by_ident.get(reader.owner) is reader:
-                del self._by_ident[reader.owner]
-        left = reader.thread_exited()
-        self._core.slot_release(reader.slot)
-        if left:
-            thread = reader.thread()
+    def _section_problem(
+        self, what: str, kind: int, thread: int, exc_type: type[BaseException] | None
+    ) -> None:
+        """Reports a misused section for the C read path; raises or logs."""
+        owner = self._threads.name_of(thread)
+        entered = f"thread {owner!r}" if owner is not None else "another thread"
+        here = threading.current_thread().name
+        section = f"a {_KINDS[kind]} read section of domain {self.name!r}"
+        if what in ("collected", "dropped"):
             logger.warning(
-                "thread %r (id %s) exited inside %d read section(s) of domain %r; "
-                "its reader slot was released",
-                thread.name if thread is not None else reader.thread_name,
-                reader.owner,
-                left,
-                self.name,
+                "%s entered on %s was %s while open: its task or generator was dropped "
+                "while inside, or its event loop closed. The section was released. Leave "
+                "sections before dropping a task, and close async generators with aclose() "
+                "(contextlib.aclosing)",
+                section,
+                entered,
+                "garbage-collected"
+                if what == "collected"
+                else "closed outside the task that entered it",
             )
-
-    def _current_reader(self) -> ReadSection | None:
-        """This thread's reader, if it has one (never registers one)."""
-        return self._by_ident.get(get_ident())
-
-    def _inside(self) -> bool:
-        """Whether the caller is inside a read section of this domain.
-
-        True when this thread has an open ``with`` section, or this task's
-        context has an open ``async with`` section.
-        """
-        reader = self._by_ident.get(get_ident())
-        return (reader is not None and reader.depth > 0) or self._task_inside()
-
-    def _task_inside(self) -> bool:
-        """Whether this context has an open ``async with`` section of the domain.
-
-        Closed records stay in the context until its next section, so walk
-        past them to the innermost open one.
-        """
-        node = self._var.get()
-        while node is not None:
-            if node.open:
-                return True
-            node = node.prev
-        return False
-
-    def _require_inside(self, what: str) -> None:
-        if not self._inside():
+            return
+        if what == "kind":
             raise RcuUsageError(
-                f"{what} called outside a read section of domain {self.name!r}; "
-                f"wrap the access in `with {self.name}.read():` (thread) or "
-                f"`async with {self.name}.read():` (task)"
+                f"{section} was left with the other protocol; it was released. Leave "
+                "`with` sections with `with` and `async with` sections with `async with`"
             )
+        message = (
+            f"{section} entered on {entered} was left on thread {here!r}; it was released "
+            "at once, so grace periods no longer wait for it. Sections are per thread: leave "
+            "a section on the thread that entered it"
+        )
+        if exc_type is not None and issubclass(exc_type, GeneratorExit):
+            # A dropped generator closed by the collector or a finalizer on
+            # this thread: raising would only make an unraisable error.
+            logger.warning("%s (a generator holding it was closed here)", message)
+            return
+        raise RcuUsageError(message)
+
+    def _set_idle(self, idle: bool) -> None:
+        self._callbacks_idle = idle
 
     # -- writers ----------------------------------------------------------------
     def synchronize_blocking(self, timeout: float | None = None) -> None:
@@ -252,8 +143,9 @@ class Domain:
         reader leaves.  Readers that enter after the call do not delay it.
 
         Args:
-            timeout: Seconds to wait at most; ``None`` waits as long as needed
-                (logging stall warnings from 100 ms on).
+            timeout: Seconds to wait at most.  ``None``, ``float("inf")``
+                and values too large for the clock wait as long as needed
+                (logging stall warnings after the domain's ``stall_warning``).
 
         Raises:
             RcuUsageError: This thread is inside a read section of the domain
@@ -261,9 +153,11 @@ class Domain:
                 could never finish.
             GracePeriodTimeout: ``timeout`` passed first.  The domain stays
                 consistent; later grace periods still wait for every reader.
+            ValueError: ``timeout`` is negative or NaN.
         """
-        self._check_not_in_callback("synchronize_blocking()")
-        self._wait_blocking(self._core.snapshot(), timeout, "synchronize_blocking()")
+        ns = timeout_ns(timeout)
+        self._check_blocking_allowed("synchronize_blocking()")
+        self._wait_blocking(self._grace.core.snapshot(), ns, timeout)
 
     async def synchronize(self) -> None:
         """Waits for a grace period without blocking the event loop.
@@ -280,221 +174,83 @@ class Domain:
             RcuUsageError: The calling task (its context) or this thread's
                 ``with`` code is inside a read section of the domain.
         """
-        self._check_not_in_callback("await synchronize()")
-        await self._wait(self._core.snapshot(), "await synchronize()")
+        await self._wait(self._grace.core.snapshot(), "await synchronize()")
 
-    def _wait_blocking(self, target: int, timeout: float | None, what: str) -> None:
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
-        if self._core.completed() >= target:
+    def _wait_blocking(self, target: int, ns: int, timeout: float | None) -> None:
+        if self._grace.core.completed() >= target:
             return
-        self._check_blocking_allowed(what)
-        reader = self._current_reader()
-        timeout_ns = -1 if timeout is None else int(timeout * 1e9)
-        rc = self._core.synchronize(
-            target,
-            timeout_ns,
-            _lowlevel.SYNC_BUSTED if self._busted else 0,
-            reader.slot if reader is not None else -1,
-        )
-        if rc == _lowlevel.TIMEDOUT:
+        if not self._grace.run(target, ns, caller_slot=self._threads.current_slot()):
             raise GracePeriodTimeout(
                 f"grace period of domain {self.name!r} did not complete within {timeout} s; "
-                f"still inside: {self._describe_blocking() or 'nobody now'}. The domain is "
-                "consistent: retry, or find the reader that does not leave its section"
-            )
-        self._raise_for(rc)
-
-    def _check_async_allowed(self, what: str) -> None:
-        """Raises if an async wait would wait for the calling task's own section.
-
-        Other tasks' sections on this loop do not count: they close while
-        this task waits.
-        """
-        self._check_not_in_callback(what)
-        reader = self._current_reader()
-        if self._task_inside() or (reader is not None and reader.depth):
-            raise RcuUsageError(
-                f"{what} called inside a read section of domain {self.name!r} "
-                "held by this task; it would wait for itself. Leave the section first, "
-                "or use call_after_grace_period()"
+                f"still inside: {self._grace.describe_blocking() or 'nobody now'}. The domain "
+                "is consistent: retry, or find the reader that does not leave its section"
             )
 
     async def _wait(self, target: int, what: str) -> None:
         self._check_async_allowed(what)
-        reader = self._current_reader()
-        if self._core.completed() >= target:
+        if self._grace.core.completed() >= target:
             return
-        flags = _lowlevel.SYNC_TRY | (_lowlevel.SYNC_BUSTED if self._busted else 0)
-        rc = self._core.synchronize(target, 0, flags, reader.slot if reader is not None else -1)
-        if rc == _lowlevel.BUSY:
+        if not self._grace.run(target, try_only=True, caller_slot=self._threads.current_slot()):
             await self._worker.wait(target)
-            return
-        self._raise_for(rc)
-
-    def _run_for_worker(self, target: int) -> BaseException | None:
-        flags = _lowlevel.SYNC_BUSTED if self._busted else 0
-        rc = self._core.synchronize(target, -1, flags, -1)
-        try:
-            self._raise_for(rc)
-        except AiorcuError as exc:
-            return exc
-        return None
-
-    def _raise_for(self, rc: int) -> None:
-        if rc == _lowlevel.EBARRIER:
-            raise AiorcuError(
-                f"grace period of domain {self.name!r} failed: membarrier(2) failed and its "
-                "MEMBARRIER_CMD_GLOBAL fallback failed too, so readers could not be ordered; "
-                "nothing was skipped. Run with AIORCU_MEMBARRIER=off to use fences"
-            )
-        if rc != _lowlevel.OK:
-            raise AiorcuError(f"grace period failed with code {rc}")
 
     def _check_blocking_allowed(self, what: str) -> None:
+        """Raises if a blocking wait on this thread could never finish.
+
+        Called by every blocking wait of the domain and its features (cells,
+        bitmaps) before they change anything.
+        """
         self._check_not_in_callback(what)
-        reader = self._current_reader()
-        if self._task_inside() or (reader is not None and reader.inside_on_thread()):
+        with_sections, task_sections = self._thread_counts()
+        if self._task_inside():
             raise RcuUsageError(
-                f"{what} called inside a read section on this thread; it would wait for "
-                "itself. Leave the section first or use call_after_grace_period()"
+                f"{what} called inside a read section of domain {self.name!r} held by this "
+                "task; it would wait for itself. Leave the section first, or use "
+                "call_after_grace_period()"
+            )
+        if with_sections:
+            raise RcuUsageError(
+                f"{what} called inside a `with domain.read():` section on this thread; it "
+                "would wait for itself. Leave the section first, or use "
+                "call_after_grace_period()"
+            )
+        if task_sections:
+            raise RcuUsageError(
+                f"{what} called on an event-loop thread where another task holds an `async "
+                f"with` section of domain {self.name!r}; blocking here would stop that task "
+                "from ever leaving it. Use `await domain.synchronize()` instead"
             )
 
-    # -- stalls ---------------------------------------------------------------
-    def _on_stall(self, waited_ns: int, stage: int, phase: int) -> None:
-        # Called by the C writer with the writer mutex held and the GIL taken.
-        self._stall_warnings += 1
-        logger.warning(
-            "grace period of domain %r has waited %.3f s for %s: %s",
-            self.name,
-            waited_ns / 1e9,
-            _STAGES.get(stage, "readers"),
-            self._describe_blocking(phase, release_dead=True) or "(they just left)",
-        )
+    def _check_async_allowed(self, what: str) -> None:
+        """Raises if an async wait would wait for the calling task's own section.
 
-    def _describe_blocking(self, phase: int | None = None, release_dead: bool = False) -> str:
-        phases = (0, 1) if phase is None else (phase,)
-        seen: dict[int, int] = {}
-        for p in phases:
-            for slot, blocked_ns in self._core.blocking_slots(p):
-                seen[slot] = max(blocked_ns, seen.get(slot, 0))
-        parts = []
-        for slot, blocked_ns in seen.items():
-            with self._registry_lock:
-                reader = self._readers.get(slot)
-            if reader is None:
-                parts.append(f"slot {slot} (not a Python thread)")
-                continue
-            parts.append(self._describe_reader(reader, blocked_ns, release_dead))
-        return "; ".join(parts)
-
-    def _describe_reader(self, reader: ReadSection, blocked_ns: int, release_dead: bool) -> str:
-        thread = reader.thread()
-        name = thread.name if thread is not None else reader.thread_name
-        text = f"thread {name!r} (id {reader.owner})"
-        if blocked_ns:
-            text += f" inside for at least {blocked_ns / 1e9:.3f} s"
-        details = []
-        if reader.depth:
-            details.append(f"{reader.depth} `with` section(s)")
-        tasks = tasks_inside(self._var, reader) if reader.tasks[0] or reader.tasks[1] else []
-        if tasks:
-            details.append("`async with` in task(s) " + ", ".join(repr(t) for t in tasks))
-        elif reader.tasks[0] or reader.tasks[1]:
-            details.append(f"{reader.tasks[0] + reader.tasks[1]} `async with` section(s)")
-        if reader.orphans:
-            details.append(f"{len(reader.orphans)} release(s) queued for this thread")
-        if details:
-            text += " [" + "; ".join(details) + "]"
-        # Only a thread known to have stopped, outside interpreter shutdown
-        # (when even live daemon threads may look stopped), is released.  A
-        # collected Thread object means stopped too: threading keeps the
-        # object of every running thread alive.
-        if (
-            release_dead
-            and (thread is None or not thread.is_alive())
-            and threading.main_thread().is_alive()
-        ):
-            self._thread_exited(reader)
-            text += " - the thread has exited; its slot was released"
-        return text
-
-    # -- introspection -----------------------------------------------------------
-    def stats(self) -> DomainStatistics:
-        """Returns a snapshot of the domain's counters."""
-        core = self._core.stats()
-        with self._registry_lock:
-            readers = list(self._readers.values())
-        return DomainStatistics(
-            grace_periods=core["grace_periods"],
-            membarrier_calls=core["membarrier_calls"],
-            threads_registered=core["slots_live"],
-            readers_active=sum(r.open_sections() for r in readers),
-            offloaded_waits=self._worker.offloaded,
-            stall_warnings=self._stall_warnings,
-            callbacks_pending=self._callbacks.pending,
-            barriers_elided=core["barriers_elided"],
-            barrier_fallbacks=core["barrier_fallbacks"],
-            writer_sleeps=core["futex_sleeps"],
-            reader_wakeups=core["wakeups"],
-            backstop_timeouts=core["backstop_timeouts"],
-            timeouts=core["timeouts"],
-            completed_sequence=core["completed"],
-        )
-
-    def __repr__(self) -> str:
-        return f"<aiorcu.Domain {self.name!r}>"
-
-    # -- fork ---------------------------------------------------------------------
-    def _after_fork_child(self) -> None:
-        ident = get_ident()
-        keep = self._by_ident.get(ident)
-        for reader in list(self._readers.values()):
-            if reader is not keep:
-                reader.thread_exited()
-        self._registry_lock = threading.Lock()
-        # Emptied in place: RcuCell keeps a reference to _by_ident.
-        self._readers.clear()
-        self._by_ident.clear()
-        if keep is not None:
-            self._readers[keep.slot] = keep
-            self._by_ident[ident] = keep
-        if keep is not None:
-            keep.pid = os.getpid()
-            keep.orphans.clear()
-        self._core.after_fork(keep.slot if keep is not None else -1)
-        self._worker.after_fork()
-        self._callbacks.after_fork()
-
-    # -- deferred reclamation and polling --------------------------------------
-    def call_after_grace_period(self, fn: Callable[..., Any], /, *args: Any) -> None:
-        """Runs ``fn(*args)`` on the domain's callback thread after a grace period.
-
-        The way to retire an object without blocking a writer: publish the
-        change, then queue its clean-up.  Queueing only appends to a deque
-        (about the cost of two Python calls) and never waits.  Callbacks
-        queued together share one grace period and run in the order queued,
-        one at a time, on a daemon thread the domain starts on first use.  An
-        exception in a callback is logged with its traceback on the
-        ``aiorcu`` logger and the others still run.  A callback must not wait
-        for a grace period or a barrier of its domain (it would wait for
-        itself); it may queue more callbacks.
-
-        At interpreter exit, queued callbacks run if their grace period
-        completes within about a second; the rest are reported on the logger
-        and exit goes on.  A fork child starts with an empty queue.
-
-        Args:
-            fn: Called as ``fn(*args)`` on the callback thread.
-            *args: Passed to ``fn``; kept alive until it ran.
+        Other tasks' ``async with`` sections on this loop do not count: they
+        close while this task waits.
         """
-        callbacks = self._callbacks
-        # Append first, then read `idle`: pairs with the worker's store of
-        # `idle` followed by its re-check of the queue (_callbacks._main).
-        callbacks.append((fn, args) if args else fn)  # see _callbacks.Entry
-        if callbacks.idle:
-            callbacks.wake()
+        self._check_not_in_callback(what)
+        if self._task_inside():
+            raise RcuUsageError(
+                f"{what} called inside a read section of domain {self.name!r} held by this "
+                "task; it would wait for itself. Leave the section first, or use "
+                "call_after_grace_period()"
+            )
+        if self._thread_counts()[0]:
+            raise RcuUsageError(
+                f"{what} called while this thread has a `with domain.read():` section of "
+                f"domain {self.name!r} open (perhaps held across an await by some task); the "
+                "grace period would wait for it. Leave `with` sections before awaiting, or "
+                "use `async with domain.read():` in task code"
+            )
 
+    def _check_not_in_callback(self, what: str) -> None:
+        """Raises if the caller is an RCU callback: it would wait for its own thread."""
+        if _callbacks.in_callback():
+            raise RcuUsageError(
+                f"{what} called from an RCU callback of domain {self.name!r}; callbacks "
+                "run on the domain's callback thread, which would wait for itself. Queue "
+                "more work with call_after_grace_period() instead"
+            )
+
+    # -- deferred reclamation --------------------------------------------------
     def barrier_blocking(self) -> None:
         """Blocks until every callback queued before the call has run.
 
@@ -507,7 +263,7 @@ class Domain:
                 wait for itself), or on a thread that is inside a read section
                 of the domain (the callbacks' grace period would wait for it).
         """
-        self._check_barrier_allowed("barrier_blocking()", self._check_thread_inside())
+        self._check_barrier_allowed("barrier_blocking()", blocking=True)
         done = threading.Event()
         self.call_after_grace_period(done.set)
         done.wait()
@@ -525,47 +281,22 @@ class Domain:
             RcuUsageError: Called from a callback, or inside a read section
                 held by the calling task (or this thread's ``with`` code).
         """
-        reader = self._current_reader()
-        self._check_barrier_allowed("await barrier()", reader is not None and reader.depth > 0)
+        self._check_barrier_allowed("await barrier()", blocking=False)
         event = anyio.Event()
         self.call_after_grace_period(threadsafe_setter(event))
         await event.wait()
 
-    def _check_barrier_allowed(self, what: str, thread_inside: bool) -> None:
+    def _check_barrier_allowed(self, what: str, blocking: bool) -> None:
         self._check_not_in_callback(what)
-        if thread_inside or self._task_inside():
+        with_sections, task_sections = self._thread_counts()
+        if with_sections or self._task_inside() or (blocking and task_sections):
             raise RcuUsageError(
                 f"{what} called inside a read section of domain {self.name!r}; the "
                 "callbacks wait for a grace period that waits for this section. "
                 "Leave the section first"
             )
 
-    def _check_thread_inside(self) -> bool:
-        reader = self._current_reader()
-        return reader is not None and reader.inside_on_thread()
-
-    def _check_not_in_callback(self, what: str) -> None:
-        """Raises if the caller is an RCU callback: it would wait for its own thread.
-
-        Writers' waits (synchronize*, wait*, barrier*) call this first.
-        """
-        if _callbacks.in_callback():
-            raise RcuUsageError(
-                f"{what} called from an RCU callback of domain {self.name!r}; callbacks "
-                "run on the domain's callback thread, which would wait for itself. Queue "
-                "more work with call_after_grace_period() instead"
-            )
-
-    def _grace_period_for_callbacks(self, timeout_ns: int) -> bool:
-        # The callback thread owns no reader slot; stall warnings still apply.
-        # snapshot() fences after the batch was taken (see _callbacks' doc).
-        flags = _lowlevel.SYNC_BUSTED if self._busted else 0
-        rc = self._core.synchronize(self._core.snapshot(), timeout_ns, flags, -1)
-        if rc == _lowlevel.TIMEDOUT:
-            return False
-        self._raise_for(rc)
-        return True
-
+    # -- polled grace periods -----------------------------------------------------
     def snapshot(self) -> int:
         """Returns a token naming the first grace period that starts after this call.
 
@@ -579,7 +310,7 @@ class Domain:
             A Python int; it never wraps, and once complete a token stays
             complete.
         """
-        return self._core.snapshot()
+        return self._grace.core.snapshot()
 
     def start_grace_period(self) -> int:
         """Like `snapshot()`, and makes sure that grace period will run.
@@ -591,8 +322,8 @@ class Domain:
         Returns:
             The token, as from `snapshot()`.
         """
-        token = self._core.snapshot()
-        if self._core.completed() < token:
+        token = self._grace.core.snapshot()
+        if self._grace.core.completed() < token:
             self._worker.submit(Waiter(token, lambda: None))
         return token
 
@@ -604,8 +335,12 @@ class Domain:
 
         Args:
             token: From `snapshot()` or `start_grace_period()`.
+
+        Raises:
+            TypeError: ``token`` is not an int (or is a bool).
+            ValueError: ``token`` is negative, or was never issued.
         """
-        return self._core.completed() >= token
+        return self._grace.core.completed() >= self._check_token(token)
 
     def wait_blocking(self, token: int, timeout: float | None = None) -> None:
         """Blocks until the grace period named by ``token`` completed.
@@ -615,14 +350,22 @@ class Domain:
 
         Args:
             token: From `snapshot()` or `start_grace_period()`.
-            timeout: Seconds to wait at most; ``None`` waits as long as needed.
+            timeout: Seconds to wait at most; as for `synchronize_blocking()`.
 
         Raises:
             RcuUsageError: The grace period is not complete and the caller is
                 inside a read section on this thread, or is a callback.
             GracePeriodTimeout: ``timeout`` passed first; the token stays valid.
+            TypeError: ``token`` is not an int.
+            ValueError: ``token`` is negative or was never issued, or
+                ``timeout`` is negative or NaN.
         """
-        self._wait_blocking(token, timeout, "wait_blocking()")
+        target = self._check_token(token)
+        ns = timeout_ns(timeout)
+        if self._grace.core.completed() >= target:
+            return
+        self._check_blocking_allowed("wait_blocking()")
+        self._wait_blocking(target, ns, timeout)
 
     async def wait(self, token: int) -> None:
         """Waits, without blocking the event loop, until ``token`` completed.
@@ -639,8 +382,63 @@ class Domain:
             RcuUsageError: The calling task (its context) or this thread's
                 ``with`` code is inside a read section of the domain, or the
                 caller is a callback.
+            TypeError: ``token`` is not an int.
+            ValueError: ``token`` is negative or was never issued.
         """
-        await self._wait(token, "await wait()")
+        await self._wait(self._check_token(token), "await wait()")
+
+    def _check_token(self, token: int) -> int:
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise TypeError(
+                "a grace-period token is an int from snapshot() or start_grace_period(), "
+                f"not {type(token).__name__}"
+            )
+        if token < 0:
+            raise ValueError(f"grace-period tokens are never negative; got {token}")
+        if token > self._grace.core.completed():
+            latest = self._grace.core.snapshot()
+            if token > latest:
+                raise ValueError(
+                    f"token {token} was never issued by domain {self.name!r} (the latest "
+                    f"is {latest}); take tokens from snapshot() or start_grace_period()"
+                )
+        return token
+
+    # -- introspection -----------------------------------------------------------
+    def stats(self) -> DomainStatistics:
+        """Returns a snapshot of the domain's counters."""
+        core = self._grace.core.stats()
+        return DomainStatistics(
+            grace_periods=core["grace_periods"],
+            membarrier_calls=core["membarrier_calls"],
+            threads_registered=core["slots_live"],
+            readers_active=core["sections_open"],
+            offloaded_waits=self._worker.offloaded,
+            stall_warnings=self._grace.stall_warnings,
+            callbacks_pending=self._callbacks.pending,
+            dead_readers_released=core["dead_readers_released"],
+            processes_attached=1,
+            barriers_elided=core["barriers_elided"],
+            barrier_fallbacks=core["barrier_fallbacks"],
+            writer_sleeps=core["futex_sleeps"],
+            reader_wakeups=core["wakeups"],
+            backstop_timeouts=core["backstop_timeouts"],
+            timeouts=core["timeouts"],
+            completed_sequence=core["completed"],
+        )
+
+    def __repr__(self) -> str:
+        return f"<aiorcu.Domain {self.name!r}>"
+
+    # -- fork ---------------------------------------------------------------------
+    def _after_fork_child(self) -> None:
+        # The core's fork handler already released every other thread's
+        # slot; here the registry forgets them, the C read path keeps only
+        # the forking context's own task sections, and workers start anew.
+        self._threads.after_fork()
+        self._fork_child()
+        self._worker.after_fork()
+        self._callbacks.after_fork()
 
 
 def _after_fork_child() -> None:

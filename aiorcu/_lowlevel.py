@@ -1,14 +1,13 @@
 """The only module that touches the compiled cffi ``ffi``/``lib``.
 
-Everything above it sees plain Python types: ints, memoryviews and the small
-`CoreDomain` wrapper.  The barrier backend is chosen once, here, at
+Everything above it sees plain Python types: ints, addresses as ints for
+the hot-path extension, and the small `CoreDomain` and `CoreBitmap` wrappers.  The barrier backend is chosen once, here, at
 import: membarrier(2) PRIVATE_EXPEDITED when the kernel has it, plain fences
 when it does not or when ``AIORCU_MEMBARRIER=off``.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
@@ -19,10 +18,9 @@ from ._aiorcu_cffi import ffi, lib
 
 logger = logging.getLogger("aiorcu")
 
-FLAG_THREAD: Final[int] = lib.AIORCU_FLAG_THREAD
-FLAG_TASK: Final[int] = lib.AIORCU_FLAG_TASK
-CTL_PHASE: Final[int] = lib.AIORCU_CTL_PHASE
-CTL_WAITING: Final[int] = lib.AIORCU_CTL_WAITING
+KIND_THREAD: Final[int] = lib.AIORCU_KIND_THREAD
+KIND_TASK: Final[int] = lib.AIORCU_KIND_TASK
+NOT_OWNER: Final[int] = lib.AIORCU_NOT_OWNER
 
 OK: Final[int] = lib.AIORCU_OK
 TIMEDOUT: Final[int] = lib.AIORCU_TIMEDOUT
@@ -37,12 +35,20 @@ STAGE_CLOSED: Final[int] = lib.AIORCU_STAGE_CLOSED
 
 WAIT_MODES: Final[dict[str, int]] = {"futex": lib.AIORCU_WAIT_FUTEX, "poll": lib.AIORCU_WAIT_POLL}
 
-_DISABLED_VALUES = {"0", "off", "no", "false", "fence"}
+_FENCE_VALUES = {"0", "off", "no", "false", "fence"}
+_MEMBARRIER_VALUES = {"", "1", "on", "yes", "true", "auto", "membarrier"}
 
 
 def _init_backend() -> tuple[bool, str | None]:
-    setting = os.environ.get("AIORCU_MEMBARRIER", "").strip().lower()
-    mechanism = lib.aiorcu_backend_init(1 if setting in _DISABLED_VALUES else 0)
+    raw = os.environ.get("AIORCU_MEMBARRIER", "")
+    setting = raw.strip().lower()
+    if setting not in _FENCE_VALUES | _MEMBARRIER_VALUES:
+        raise ValueError(
+            f"AIORCU_MEMBARRIER={raw!r} is not understood: set it to 'off' to make readers use "
+            "fences instead of membarrier(2), or leave it unset (or 'on') to use membarrier "
+            "where the kernel has it"
+        )
+    mechanism = lib.aiorcu_backend_init(1 if setting in _FENCE_VALUES else 0)
     reason = lib.aiorcu_backend_reason()
     return (
         mechanism == lib.AIORCU_MECH_MEMBARRIER,
@@ -52,9 +58,6 @@ def _init_backend() -> tuple[bool, str | None]:
 
 MEMBARRIER, FALLBACK_REASON = _init_backend()
 """Whether readers rely on membarrier (no fences) and, if not, why."""
-
-fence: Final[Callable[[], None]] = lib.aiorcu_fence
-monotonic_ns: Final[Callable[[], int]] = lib.aiorcu_monotonic_ns
 
 
 def debug_fail_membarrier(count: int, err: int) -> None:
@@ -82,43 +85,44 @@ def aiorcu_py_stall(arg: Any, waited_ns: int, stage: int, phase: int) -> None:
         logger.exception("aiorcu stall handler failed")
 
 
-# Domains whose owner was collected, freed after the garbage collection that
-# found them.  In a reference cycle, finalizers run in no particular order:
-# the finalizer of an abandoned task section (which clears its slot flag
-# through a view of C memory) may run after the domain's own, so the domain
-# must outlive the whole collection.  Freeing only at "stop" guarantees that.
-_dead_domains: list[Any] = []
+def _address(name: str) -> int:
+    """The address of a core function, for the hot-path extension."""
+    return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 
 
-def _free_later(d: Any) -> None:
-    _dead_domains.append(d)
-
-
-def _free_dead_domains(phase: str, info: dict[str, int]) -> None:
-    if phase == "stop":
-        while _dead_domains:
-            lib.aiorcu_domain_free(_dead_domains.pop())
-
-
-gc.callbacks.append(_free_dead_domains)
+THREAD_SERIAL_ADDRESS: Final[int] = _address("aiorcu_thread_serial")
+"""``aiorcu_thread_serial``: the extension names threads as the core does."""
 
 
 class CoreDomain:
-    """Owns one C domain and exposes it with Python types."""
+    """Owns one C domain and exposes it with Python types.
 
-    __slots__ = ("__weakref__", "_d", "_stall_handle", "ctl")
+    The C memory is freed when this object is; a domain keeps it as the
+    owner of its read path, so no section, cell or bitmap can outlive it.
+    """
+
+    __slots__ = ("__weakref__", "_d", "_stall_handle", "address")
 
     def __init__(self, stall: StallHandler) -> None:
         d = lib.aiorcu_domain_new()
         if d == ffi.NULL:
             raise MemoryError("aiorcu: cannot allocate a domain")
-        self._d = ffi.gc(d, _free_later)
+        self._d = ffi.gc(d, lib.aiorcu_domain_free)
         self._stall_handle = ffi.new_handle(stall)
-        # Readers load the phase and the waiting bytes from this view with
-        # plain loads; the writer stores them with C11 atomics.
-        self.ctl: memoryview = memoryview(ffi.buffer(lib.aiorcu_domain_ctl(d), lib.AIORCU_CTL_SIZE))
+        self.address = int(ffi.cast("uintptr_t", d))
+
+    def hotpath_binding(self) -> tuple[int, int, int, int, bool]:
+        """``(ctl, core, wake, release, fence)`` for ``DomainBase._bind``."""
+        return (
+            int(ffi.cast("uintptr_t", lib.aiorcu_domain_ctl(self._d))),
+            self.address,
+            _address("aiorcu_wake"),
+            _address("aiorcu_section_release"),
+            lib.aiorcu_domain_mechanism(self._d) == lib.AIORCU_MECH_FENCE,
+        )
 
     def slot_alloc(self, owner_tid: int) -> int:
+        """Claims a slot for the calling thread."""
         slot: int = lib.aiorcu_slot_alloc(self._d, owner_tid)
         if slot < 0:
             raise RuntimeError(
@@ -126,24 +130,31 @@ class CoreDomain:
             )
         return slot
 
-    def slot_flags(self, slot: int) -> memoryview:
-        """A writable 4-byte view of the slot's flags, for its owner thread."""
-        return memoryview(ffi.buffer(lib.aiorcu_slot_flags(self._d, slot), lib.AIORCU_NFLAGS))
+    def slot_line(self, slot: int) -> int:
+        """The address of the slot's reader line."""
+        return int(ffi.cast("uintptr_t", lib.aiorcu_slot_line(self._d, slot)))
 
-    def slot_flags_address(self, slot: int) -> Any:
-        return lib.aiorcu_slot_flags(self._d, slot)
+    def slot_release(self, slot: int, owner: int) -> int | None:
+        """Releases a slot owned by ``owner`` (0: whoever); the sections it dropped, or None."""
+        dropped = int(lib.aiorcu_slot_release(self._d, slot, owner))
+        return None if dropped == NOT_OWNER else dropped
 
-    def slot_release(self, slot: int) -> None:
-        lib.aiorcu_slot_release(self._d, slot)
+    def slot_owner_dead(self, slot: int) -> bool:
+        """Whether the slot's owner thread has provably exited."""
+        return bool(lib.aiorcu_slot_owner_dead(self._d, slot))
 
-    def slot_clear(self, slot: int) -> None:
-        lib.aiorcu_slot_clear(self._d, slot)
-
-    def fence_flag_clear(self, flags: Any, index: int) -> None:
-        lib.aiorcu_fence_flag_clear(self._d, flags, index)
+    def slot_counts(self, slot: int) -> tuple[int, tuple[int, int, int, int]]:
+        """``(owner serial, counts)``; counts are indexed ``kind * 2 + phase``."""
+        out = ffi.new("uint64_t[4]")
+        owner = int(lib.aiorcu_slot_counts(self._d, slot, out))
+        return owner, (int(out[0]), int(out[1]), int(out[2]), int(out[3]))
 
     def wake(self) -> None:
         lib.aiorcu_wake(self._d)
+
+    def phase(self) -> int:
+        """The current phase (a moment's view, for tests)."""
+        return int(lib.aiorcu_domain_ctl(self._d)[lib.AIORCU_CTL_PHASE])
 
     def snapshot(self) -> int:
         return int(lib.aiorcu_snapshot(self._d))
@@ -171,9 +182,6 @@ class CoreDomain:
         n = lib.aiorcu_blocking_slots(self._d, phase, out, blocked, limit)
         return [(int(out[i]), int(blocked[i])) for i in range(n)]
 
-    def after_fork(self, keep_slot: int) -> None:
-        lib.aiorcu_domain_after_fork(self._d, keep_slot)
-
     def stats(self) -> dict[str, int]:
         s = ffi.new("struct aiorcu_stats *")
         lib.aiorcu_domain_stats(self._d, s)
@@ -189,27 +197,28 @@ class CoreDomain:
 class CoreBitmap:
     """The words of a page bitmap, in C memory, and the C commit routine.
 
-    ``octets`` (format ``B``) is the view readers load with plain loads;
-    only `apply()` stores into the words.
+    Readers load the words from C (``BitmapBase``) through `address`; only
+    `apply()` stores into them.
     """
 
-    __slots__ = ("_words", "octets", "pages")
+    __slots__ = ("address", "pages", "words")
 
     def __init__(self, pages: int, initial: bool) -> None:
         if sys.byteorder != "little":
-            # Readers find page p in byte p // 8, bit p % 8 of the C words.
             raise RuntimeError("aiorcu bitmaps need a little-endian machine")
         nwords = max(1, (pages + 63) // 64)
-        # Zeroed by cffi and freed when the last view of it goes away.
-        self._words = ffi.new("uint64_t[]", nwords)
+        try:
+            # Zeroed by cffi and freed with this object.
+            self.words: Any = ffi.new("uint64_t[]", nwords)
+        except MemoryError:
+            raise MemoryError(
+                f"aiorcu: a bitmap of {pages} pages needs {nwords * 8:,} bytes, which could not "
+                "be allocated"
+            ) from None
+        self.address = int(ffi.cast("uintptr_t", self.words))
         self.pages = pages
-        self.octets: memoryview = memoryview(ffi.buffer(self._words)).cast("B")
         if initial:
             self.apply([(0, pages, True)])
-
-    def first_clear(self, start: int, count: int) -> int:
-        """The first page in the range whose bit is clear, or -1 (C loop, no GIL)."""
-        return int(lib.aiorcu_bitmap_first_clear(self._words, start, count))
 
     def apply(self, ops: list[tuple[int, int, bool]]) -> tuple[int, int, int]:
         """Applies ``(start, count, grant)`` ops in order.
@@ -221,7 +230,7 @@ class CoreBitmap:
             return 0, 0, 0
         cops = ffi.new("struct aiorcu_bitmap_op[]", ops)
         out = ffi.new("uint64_t[3]")
-        rc = lib.aiorcu_bitmap_apply(self._words, self.pages, cops, len(ops), out)
+        rc = lib.aiorcu_bitmap_apply(self.words, self.pages, cops, len(ops), out)
         if rc == lib.AIORCU_ENOMEM:
             raise MemoryError("aiorcu: no memory for a bitmap commit; nothing was applied")
         if rc != lib.AIORCU_OK:

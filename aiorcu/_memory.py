@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import operator
-from typing import TYPE_CHECKING, final
+from typing import NoReturn, final
 
+from . import _hotpath
 from ._bitmap import Bitmap
 from ._domain import Domain
 from ._errors import AccessDenied
 
-if TYPE_CHECKING:
-    from typing_extensions import Buffer
-
 
 @final
-class GuardedMemory:
+class GuardedMemory(_hotpath.MemoryBase):
     """A buffer of pages that can be read and written only while accessible.
 
     Every `read()`, `read_into()` and `write()` opens its own read section
@@ -39,7 +36,7 @@ class GuardedMemory:
         ValueError: ``pages`` or ``page_size`` is below 1.
     """
 
-    __slots__ = ("_bitmap", "_buffer", "_domain", "_page_size", "_size", "_view")
+    __slots__ = ("__weakref__", "_bitmap", "_buffer", "_domain", "_page_size", "_size")
 
     def __init__(
         self,
@@ -48,16 +45,25 @@ class GuardedMemory:
         domain: Domain | None = None,
         initial: bool = False,
     ) -> None:
-        if isinstance(page_size, bool) or not isinstance(page_size, int):
-            raise TypeError(f"GuardedMemory page_size must be an int, not {type(page_size)}")
-        if page_size < 1:
-            raise ValueError(f"GuardedMemory page_size must be at least 1, not {page_size}")
+        for what, value in (("pages", pages), ("page_size", page_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"GuardedMemory {what} must be an int, not {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"GuardedMemory {what} must be at least 1, not {value}")
+        size = pages * page_size
+        try:
+            buffer = bytearray(size)
+        except MemoryError:
+            raise MemoryError(
+                f"GuardedMemory of {pages} pages of {page_size} bytes needs {size:,} bytes, "
+                "which could not be allocated"
+            ) from None
         self._bitmap = Bitmap(pages, domain=domain, initial=initial)
         self._domain = self._bitmap.domain
         self._page_size = page_size
-        self._size = pages * page_size
-        self._buffer = bytearray(self._size)
-        self._view = memoryview(self._buffer)
+        self._size = size
+        self._buffer = buffer
+        self._bind_memory(self._bitmap, buffer, page_size)
 
     def __repr__(self) -> str:
         return (
@@ -80,77 +86,16 @@ class GuardedMemory:
         """Bytes in all: ``pages * page_size``."""
         return self._size
 
-    def read(self, offset: int, length: int) -> bytes:
-        """Returns ``length`` bytes from ``offset``, if every page they touch is accessible.
+    # read(offset, length), read_into(offset, buffer) and write(offset, data)
+    # are C methods (_hotpath.MemoryBase, documented in _hotpath.pyi): each
+    # opens its own read section, checks every page it touches, and only
+    # then moves bytes; a denial is raised through _denied().
 
-        Raises:
-            AccessDenied: A touched page is not accessible; nothing was read.
-            IndexError: The span is outside the memory.
-            ValueError: ``length`` is negative.
-        """
-        end = self._span(offset, length, "read")
-        with self._domain.read():
-            self._check(offset, end, "read")
-            return bytes(self._view[offset:end])
-
-    def read_into(self, offset: int, buffer: Buffer) -> int:
-        """Fills ``buffer`` with the bytes from ``offset``; returns how many.
-
-        Like `read()` without making a new bytes object.
-
-        Raises:
-            AccessDenied: A touched page is not accessible; ``buffer`` is unchanged.
-            IndexError: The span is outside the memory.
-            TypeError: ``buffer`` is not a writable buffer.
-        """
-        out = memoryview(buffer).cast("B")
-        end = self._span(offset, out.nbytes, "read_into")
-        with self._domain.read():
-            self._check(offset, end, "read")
-            out[:] = self._view[offset:end]
-        return out.nbytes
-
-    def write(self, offset: int, data: Buffer) -> None:
-        """Writes ``data`` at ``offset``, if every page it touches is accessible.
-
-        Raises:
-            AccessDenied: A touched page is not accessible; nothing was written.
-            IndexError: The span is outside the memory.
-            TypeError: ``data`` is not a bytes-like object.
-        """
-        source = memoryview(data).cast("B")
-        end = self._span(offset, source.nbytes, "write")
-        with self._domain.read():
-            self._check(offset, end, "write")
-            self._view[offset:end] = source
-
-    def _span(self, offset: int, length: int, what: str) -> int:
-        offset, length = operator.index(offset), operator.index(length)
-        if length < 0:
-            raise ValueError(f"GuardedMemory.{what}: length must not be negative, not {length}")
-        end = offset + length
-        if offset < 0 or end > self._size:
-            raise IndexError(
-                f"GuardedMemory.{what}: bytes {offset}..{end - 1} are outside the memory "
-                f"(0..{self._size - 1})"
-            )
-        return end
-
-    def _check(self, offset: int, end: int, what: str) -> None:
-        """Raises AccessDenied unless every page of ``[offset, end)`` is accessible.
-
-        Runs inside the caller's read section.
-        """
-        if end == offset:
-            return
-        first = offset // self._page_size
-        denied = self._bitmap._first_clear(
-            first, (end - 1) // self._page_size - first + 1, "check_range"
+    def _denied(self, what: str, offset: int, length: int, page: int) -> NoReturn:
+        """Raises the AccessDenied of a refused access (called by the C path)."""
+        raise AccessDenied(
+            f"{what} of {length} bytes at offset {offset} denied: page {page} "
+            f"(bytes {page * self._page_size}..{(page + 1) * self._page_size - 1}) "
+            "is not accessible; no byte was moved",
+            page=page,
         )
-        if denied >= 0:
-            raise AccessDenied(
-                f"{what} of {end - offset} bytes at offset {offset} denied: page {denied} "
-                f"(bytes {denied * self._page_size}..{(denied + 1) * self._page_size - 1}) "
-                "is not accessible; no byte was moved",
-                page=denied,
-            )

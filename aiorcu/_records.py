@@ -23,13 +23,18 @@ class DomainStatistics:
     threads_registered: int
     """Threads that own a reader slot in this domain now."""
     readers_active: int
-    """Read sections open now (outermost ``with`` per thread, each ``async with``)."""
+    """Read sections open now (each ``with`` and each ``async with``)."""
     offloaded_waits: int
     """``await synchronize()`` calls handed to the domain's worker thread."""
     stall_warnings: int
     """Stall warnings logged."""
     callbacks_pending: int
     """Callbacks queued by ``call_after_grace_period`` and not yet run."""
+    dead_readers_released: int = 0
+    """Threads that exited (or were proven dead) inside a section, whose slots were
+    released so grace periods stop waiting for them; each counted once."""
+    processes_attached: int = 1
+    """Processes taking part in the domain (1 for a `Domain`)."""
     barriers_elided: int = 0
     """Heavy barriers replaced by a fence because no other thread had a slot."""
     barrier_fallbacks: int = 0

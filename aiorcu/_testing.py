@@ -13,35 +13,25 @@ from collections.abc import Callable, Iterator
 
 from . import _lowlevel
 from ._domain import Domain
-from ._reader import READER_CLASS, delayed_reader_class
 
 
 def set_busted(domain: Domain, busted: bool = True) -> None:
     """Negative control: the domain's grace periods stop waiting for readers."""
-    domain._busted = busted
+    domain._grace.busted = busted
 
 
 @contextlib.contextmanager
 def reader_delay(domain: Domain, delay: Callable[[], None]) -> Iterator[None]:
-    """Calls ``delay()`` in `with` entries between the phase load and the flag store.
+    """Calls ``delay()`` in section entries between the phase load and the increment.
 
-    Applies to the domain's existing readers and to new ones until the block
-    ends.  Builds the straggler of "why wait twice".
+    Applies to every section of the domain entered until the block ends.
+    Builds the straggler of "why wait twice".
     """
-    cls = delayed_reader_class(delay)
-    with domain._registry_lock:
-        readers = list(domain._readers.values())
-        domain._reader_class = cls
-    for reader in readers:
-        reader.__class__ = cls
+    domain._set_reader_delay(delay)
     try:
         yield
     finally:
-        with domain._registry_lock:
-            domain._reader_class = READER_CLASS
-            readers = list(domain._readers.values())
-        for reader in readers:
-            reader.__class__ = READER_CLASS
+        domain._set_reader_delay(None)
 
 
 @contextlib.contextmanager
@@ -62,7 +52,12 @@ def writer_jitter(max_seconds: float) -> Iterator[None]:
 
 def completed_sequence(domain: Domain) -> Callable[[], int]:
     """A cheap callable returning the domain's last completed grace-period number."""
-    return domain._core.completed
+    return domain._grace.core.completed
+
+
+def current_phase(domain: Domain) -> int:
+    """The domain's current phase, 0 or 1 (a moment's view)."""
+    return domain._grace.core.phase()
 
 
 def fail_membarrier(count: int, err: int = errno.EINVAL) -> None:
@@ -71,15 +66,15 @@ def fail_membarrier(count: int, err: int = errno.EINVAL) -> None:
 
 
 def set_stall_interval(domain: Domain, first: float, maximum: float) -> None:
-    """Shortens the stall-warning schedule (defaults: 100 ms doubling to 10 s)."""
-    domain._core.set_stall(int(first * 1e9), int(maximum * 1e9))
+    """Sets the stall-warning schedule (defaults: the domain's stall_warning doubling to 60 s)."""
+    domain._grace.core.set_stall(int(first * 1e9), int(maximum * 1e9))
 
 
 def set_wait_mode(domain: Domain, mode: str) -> None:
     """``"futex"`` (readers wake the writer) or ``"poll"`` (writer backs off)."""
-    domain._core.set_wait_mode(mode)
+    domain._grace.core.set_wait_mode(mode)
 
 
 def raw_stats(domain: Domain) -> dict[str, int]:
     """The C core's counters, unabridged."""
-    return domain._core.stats()
+    return domain._grace.core.stats()

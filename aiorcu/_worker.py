@@ -22,9 +22,8 @@ from collections.abc import Callable
 from typing import final
 
 import anyio
-import sniffio
 
-from ._errors import AiorcuError
+from ._errors import RcuUsageError
 
 IDLE_EXIT_SECONDS = 5.0
 
@@ -39,19 +38,27 @@ class Waiter:
         self.error: BaseException | None = None
 
 
+def current_library() -> str:
+    """``"trio"`` or ``"asyncio"``: the event loop running the calling task."""
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+            return "trio"
+        except RuntimeError:
+            pass
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RcuUsageError(
+            "aiorcu's async methods need a running asyncio or trio event loop"
+        ) from None
+    return "asyncio"
+
+
 def threadsafe_setter(event: anyio.Event) -> Callable[[], None]:
     """A function any thread may call to set ``event`` on the current loop."""
-    library = sniffio.current_async_library()
-    if library == "asyncio":
-        loop = asyncio.get_running_loop()
-
-        def notify_asyncio() -> None:
-            # A closed loop raises RuntimeError: nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
-
-        return notify_asyncio
-    if library == "trio":
+    if current_library() == "trio":
         trio = sys.modules["trio"]
         token = trio.lowlevel.current_trio_token()
 
@@ -60,7 +67,14 @@ def threadsafe_setter(event: anyio.Event) -> Callable[[], None]:
                 token.run_sync_soon(event.set)
 
         return notify_trio
-    raise AiorcuError(f"aiorcu supports asyncio and trio, not {library!r}")
+    loop = asyncio.get_running_loop()
+
+    def notify_asyncio() -> None:
+        # A closed loop raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(event.set)
+
+    return notify_asyncio
 
 
 @final

@@ -2,21 +2,28 @@
  * aiorcu C core: grace periods for RCU domains whose readers need no memory
  * barriers (membarrier(2)) or only plain fences (fallback).
  *
- * Readers live mostly in Python.  Each reader thread owns a *slot*: a cache
- * line in C memory whose first four bytes are flags that only the owner
- * thread writes.  flag[AIORCU_FLAG_THREAD + p] is non-zero while the thread
- * has `with` sections open that entered in phase p; flag[AIORCU_FLAG_TASK + p]
- * while it has `async with` sections open in phase p.  The open-section
- * counts themselves are Python ints kept by the owner thread, so they never
- * wrap; only their 0 <-> non-zero transitions are mirrored into the flags.
+ * Each thread that reads in a domain owns a *slot*.  The slot's first cache
+ * line, `struct aiorcu_reader_line`, is what readers touch: one 64-bit count
+ * of open sections per (kind, phase), a generation per kind, and the owner.
+ * Every read section takes the phase current when it enters and counts in
+ * that phase until it leaves (SRCU's two-index scheme), so sections on one
+ * thread may close in any order and no pattern of overlapping sections can
+ * hold a grace period open forever.  Counts are relaxed atomics: the owner
+ * increments them, and any thread may decrement one to release a section
+ * (an exit on the wrong thread, a collected section), so nobody has to wait
+ * for an idle owner.  A release of the whole slot (its thread exited, fork)
+ * zeroes the counts and bumps the generations; a section remembers the
+ * generation it entered under, and a late exit then changes nothing.
  *
- * The writer side (this file's functions) runs without the GIL.  See
- * docs/explanation/memory-ordering.md for the ordering argument;
- * every barrier in grace.c names the reader access it pairs with.
+ * The reader protocol itself is `static inline` in reader.h; the writer side
+ * (grace.c) runs without the GIL.  docs/explanation/memory-ordering.md has
+ * the ordering argument; every barrier names the access it pairs with, in
+ * one numbering: M1/M2/M3 on the writer, F1/F2/F3 on the reader.
  */
 #ifndef AIORCU_H
 #define AIORCU_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,10 +31,12 @@
 #define AIORCU_CHUNK_SLOTS 64
 #define AIORCU_MAX_SLOTS 65536
 
-/* Byte offsets inside a slot; the Python reader writes these bytes. */
-#define AIORCU_FLAG_THREAD 0 /* + phase: `with` sections open in that phase */
-#define AIORCU_FLAG_TASK 2   /* + phase: `async with` sections open */
-#define AIORCU_NFLAGS 4
+/* Section kinds; each has its own counts and generation in a slot. */
+#define AIORCU_KIND_THREAD 0 /* `with` sections */
+#define AIORCU_KIND_TASK 1   /* `async with` sections */
+#define AIORCU_NKINDS 2
+#define AIORCU_NCOUNTS 4 /* count[AIORCU_COUNT(kind, phase)] */
+#define AIORCU_COUNT(kind, phase) ((kind) * 2 + (phase))
 
 /* Byte offsets inside the reader-visible control line. */
 #define AIORCU_CTL_PHASE 0   /* current phase, 0 or 1; written by the writer */
@@ -51,28 +60,49 @@
 #define AIORCU_WAIT_POLL 1  /* sleep with exponential backoff */
 
 /* Flags for aiorcu_synchronize(). */
-#define AIORCU_SYNC_TRY 1  /* never wait: return AIORCU_BUSY instead */
+#define AIORCU_SYNC_TRY 1    /* never wait: return AIORCU_BUSY instead */
 #define AIORCU_SYNC_BUSTED 2 /* negative control: skip every reader wait */
 
 /* Stages of a grace period, reported to the stall callback. */
 #define AIORCU_STAGE_STRAGGLERS 1 /* waiting for the non-current phase */
 #define AIORCU_STAGE_CLOSED 2     /* waiting for the phase just closed */
 
+/* aiorcu_slot_release(): the slot was not owned by the given thread. */
+#define AIORCU_NOT_OWNER UINT64_MAX
+
 struct aiorcu_domain;
 
+/*
+ * The first cache line of a slot.  Readers of the owner thread increment
+ * `count`; any thread may decrement a count to release one section.  `gen`
+ * and `owner` change only under the domain's registry lock (slot claimed or
+ * released); the owner reads them without it.  _Atomic members are C11 only:
+ * Python code never sees this struct.
+ */
+struct aiorcu_reader_line {
+    _Atomic uint64_t count[AIORCU_NCOUNTS]; /* open sections by kind and phase */
+    _Atomic uint64_t gen[AIORCU_NKINDS];    /* bumped whenever counts are dropped */
+    _Atomic uint64_t owner;                 /* owner's aiorcu_thread_serial(); 0: free */
+    uint64_t reserved;
+};
+_Static_assert(sizeof(struct aiorcu_reader_line) == AIORCU_CACHELINE,
+               "the reader line is one cache line");
+
 struct aiorcu_stats {
-    uint64_t started;            /* grace periods begun (sequence) */
-    uint64_t completed;          /* highest grace period completed */
-    uint64_t grace_periods;      /* grace periods completed */
-    uint64_t membarrier_calls;   /* PRIVATE_EXPEDITED (or GLOBAL) calls */
-    uint64_t barriers_elided;    /* membarriers replaced by a fence: no other reader */
-    uint64_t barrier_fallbacks;  /* PRIVATE_EXPEDITED failed; GLOBAL used */
-    uint64_t futex_sleeps;       /* writer sleeps on the futex */
-    uint64_t wakeups;            /* wake calls made by readers */
-    uint64_t backstop_timeouts;  /* sleeps ended by timeout with readers gone */
-    uint64_t timeouts;           /* grace periods abandoned at their deadline */
-    uint64_t slots_live;         /* slots owned by threads */
-    uint64_t slots_capacity;     /* slots allocated */
+    uint64_t started;               /* grace periods begun (sequence) */
+    uint64_t completed;             /* highest grace period completed */
+    uint64_t grace_periods;         /* grace periods completed */
+    uint64_t membarrier_calls;      /* PRIVATE_EXPEDITED (or GLOBAL) calls */
+    uint64_t barriers_elided;       /* membarriers replaced by a fence: no other reader */
+    uint64_t barrier_fallbacks;     /* PRIVATE_EXPEDITED failed; GLOBAL used */
+    uint64_t futex_sleeps;          /* writer sleeps on the futex */
+    uint64_t wakeups;               /* wake calls made by readers */
+    uint64_t backstop_timeouts;     /* sleeps ended by timeout with readers gone */
+    uint64_t timeouts;              /* grace periods abandoned at their deadline */
+    uint64_t slots_live;            /* slots owned by threads */
+    uint64_t slots_capacity;        /* slots allocated */
+    uint64_t dead_readers_released; /* slots released with sections still open */
+    uint64_t sections_open;         /* sum of every slot's counts, a moment's view */
 };
 
 /*
@@ -80,8 +110,7 @@ struct aiorcu_stats {
  * period has waited `waited_ns`; `stage` says which wait.  It may inspect and
  * release slots.  The next call comes after twice the interval, up to a cap.
  */
-typedef void (*aiorcu_stall_fn)(void *arg, uint64_t waited_ns, int stage,
-                                int phase);
+typedef void (*aiorcu_stall_fn)(void *arg, uint64_t waited_ns, int stage, int phase);
 
 /* Backend (membarrier.c) */
 int aiorcu_backend_init(int force_fence);
@@ -90,30 +119,48 @@ const char *aiorcu_backend_reason(void);
 void aiorcu_fence(void);
 void aiorcu_debug_fail_membarrier(int count, int err);
 
+/* Threads (thread.c): a process-unique serial per thread (never 0), and a
+ * record that the thread's exit marks dead, which is how a writer proves
+ * that the owner of a slot is gone. */
+uint64_t aiorcu_thread_serial(void);
+
 /* Domains and slots (domain.c) */
 struct aiorcu_domain *aiorcu_domain_new(void);
 void aiorcu_domain_free(struct aiorcu_domain *d);
 uint8_t *aiorcu_domain_ctl(struct aiorcu_domain *d);
+/* Claims a slot for the calling thread; -1 when the registry is full or
+ * memory ran out.  `owner_tid` is kept for reports. */
 int aiorcu_slot_alloc(struct aiorcu_domain *d, uint64_t owner_tid);
-uint8_t *aiorcu_slot_flags(struct aiorcu_domain *d, int slot);
-void aiorcu_slot_release(struct aiorcu_domain *d, int slot);
-void aiorcu_slot_clear(struct aiorcu_domain *d, int slot);
+void *aiorcu_slot_line(struct aiorcu_domain *d, int slot);
+/* Releases a slot whose owner is gone (or, owner 0, whoever owns it): its
+ * counts are zeroed and its generations bumped.  Returns the open sections
+ * dropped, or AIORCU_NOT_OWNER when `owner` does not own the slot. */
+uint64_t aiorcu_slot_release(struct aiorcu_domain *d, int slot, uint64_t owner);
+/* 1 when the slot's owner thread has provably exited, else 0. */
+int aiorcu_slot_owner_dead(struct aiorcu_domain *d, int slot);
+/* The slot's owner serial and counts (reports). */
+uint64_t aiorcu_slot_counts(struct aiorcu_domain *d, int slot, uint64_t out[AIORCU_NCOUNTS]);
+/* Releases one section from any thread, under the registry lock: unless the
+ * slot was released since (generation changed), F2, decrement, F3, wake.
+ * Returns 1 if it decremented, 0 if the slot's counts were already gone. */
+int aiorcu_section_release(struct aiorcu_domain *d, void *line, int kind, int phase, uint64_t gen);
 size_t aiorcu_blocking_slots(struct aiorcu_domain *d, int phase, int32_t *out,
                              uint64_t *blocked_ns, size_t max);
-void aiorcu_domain_after_fork(struct aiorcu_domain *d, int keep_slot);
+/* There is no after-fork call: fork handlers registered with the first
+ * domain release every slot but the forking thread's in the child (the
+ * caller adjusts that slot's task counts to what the child can leave). */
 void aiorcu_domain_stats(struct aiorcu_domain *d, struct aiorcu_stats *out);
 void aiorcu_domain_set_wait_mode(struct aiorcu_domain *d, int mode);
-void aiorcu_domain_set_stall(struct aiorcu_domain *d, uint64_t first_ns,
-                             uint64_t max_ns);
+void aiorcu_domain_set_stall(struct aiorcu_domain *d, uint64_t first_ns, uint64_t max_ns);
+/* The barrier mode readers of this domain must use (AIORCU_MECH_*). */
+int aiorcu_domain_mechanism(struct aiorcu_domain *d);
 
 /* Grace periods (grace.c) */
 uint64_t aiorcu_snapshot(struct aiorcu_domain *d);
 uint64_t aiorcu_completed(struct aiorcu_domain *d);
-int aiorcu_synchronize(struct aiorcu_domain *d, uint64_t target,
-                       int64_t timeout_ns, int flags, int caller_slot,
-                       aiorcu_stall_fn stall, void *stall_arg);
+int aiorcu_synchronize(struct aiorcu_domain *d, uint64_t target, int64_t timeout_ns, int flags,
+                       int caller_slot, aiorcu_stall_fn stall, void *stall_arg);
 void aiorcu_wake(struct aiorcu_domain *d);
-void aiorcu_fence_flag_clear(struct aiorcu_domain *d, uint8_t *flags, int index);
 uint64_t aiorcu_monotonic_ns(void);
 
 /*
@@ -135,22 +182,37 @@ int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bit
                         size_t n, uint64_t out[3]);
 
 /*
- * C readers (used by the C stress harness; Python has its own reader that
- * follows the same protocol).  Not thread-safe across threads: one reader
- * object per thread.  Sections nest; the phase is taken by the outermost.
+ * C read sections (reader.c), for C programs and the stress harness; the
+ * Python extension (csrc/hotpath.c) uses the same inline steps of reader.h.
+ * A reader is one thread's registration in a domain; a section is one
+ * `with`/`async with`, entered once and left exactly once, in any order.
  */
 struct aiorcu_reader {
     struct aiorcu_domain *d;
-    uint8_t *flags;
+    void *line; /* struct aiorcu_reader_line * */
     int slot;
-    int phase;
-    uint64_t depth;
+    int fence; /* the domain's barrier mode is fences */
 };
+struct aiorcu_section {
+    void *line;
+    uint64_t gen;
+    uint64_t thread; /* aiorcu_thread_serial() of the entering thread */
+    int kind;
+    int phase;
+    int state; /* AIORCU_SECTION_* */
+};
+#define AIORCU_SECTION_NEW 0
+#define AIORCU_SECTION_OPEN 1
+#define AIORCU_SECTION_CLOSED 2
+
 int aiorcu_reader_init(struct aiorcu_reader *r, struct aiorcu_domain *d);
 void aiorcu_reader_fini(struct aiorcu_reader *r);
-void aiorcu_read_lock(struct aiorcu_reader *r);
-void aiorcu_read_unlock(struct aiorcu_reader *r);
-/* Debug: called between the reader's phase load and its flag store. */
+void aiorcu_section_enter(struct aiorcu_reader *r, struct aiorcu_section *s, int kind);
+/* Leaves a section on any thread: the lock-free path on the entering
+ * thread, aiorcu_section_release() elsewhere.  Returns 0, or -1 if the
+ * section was not open (never entered, or left already). */
+int aiorcu_section_leave(struct aiorcu_reader *r, struct aiorcu_section *s);
+/* Debug: called between a C reader's phase load and its count increment. */
 extern void (*aiorcu_debug_reader_delay)(void);
 /* Debug: the writer sleeps a random 0..max_ns (nanosleep, no callback) at
  * some of the steps of each grace period; 0 turns it off.  Process-wide.

@@ -4,14 +4,79 @@
 #include <string.h>
 
 #include "internal.h"
+#include "reader.h"
 
-#define STALL_FIRST_NS 100000000ull   /* 100 ms */
-#define STALL_MAX_NS 10000000000ull   /* 10 s */
+#define STALL_FIRST_NS 1000000000ull /* 1 s */
+#define STALL_MAX_NS 60000000000ull  /* 60 s */
 
 static void init_locks(struct aiorcu_domain *d)
 {
     pthread_mutex_init(&d->writer_lock, NULL);
     pthread_mutex_init(&d->registry_lock, NULL);
+}
+
+/* --- fork -----------------------------------------------------------------
+ *
+ * A child of fork() has one thread: the one that forked.  Every other
+ * thread's slot is a phantom reader, and a lock another thread held at the
+ * fork stays held forever.  So before fork() the prepare handler takes the
+ * domain list lock and every registry lock (held only briefly, never while
+ * waiting for the GIL), and the child handler, which runs inside fork()
+ * before any other code of the child, drops every slot the forking thread
+ * does not own and re-initialises the locks.  The writer mutex may be held
+ * for a whole grace period, so it is not taken before the fork; the child
+ * re-initialises it, abandoning an interrupted grace period like a
+ * timed-out one (the phase stays flipped, `completed` does not move).
+ * Which of the forking thread's own task sections the child keeps is
+ * decided later, by the Python extension (it needs the context).
+ */
+static pthread_mutex_t domains_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct aiorcu_domain *domains;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static uint64_t drop_owner(struct aiorcu_domain *d, struct aiorcu_slot *s);
+
+static void before_fork(void)
+{
+    aiorcu__threads_before_fork();
+    pthread_mutex_lock(&domains_lock);
+    for (struct aiorcu_domain *d = domains; d; d = d->next_domain)
+        pthread_mutex_lock(&d->registry_lock);
+}
+
+static void after_fork_parent(void)
+{
+    for (struct aiorcu_domain *d = domains; d; d = d->next_domain)
+        pthread_mutex_unlock(&d->registry_lock);
+    pthread_mutex_unlock(&domains_lock);
+    aiorcu__threads_after_fork(0);
+}
+
+static void after_fork_child(void)
+{
+    struct aiorcu_thread *me = aiorcu__thread_peek();
+    uint64_t serial = me ? me->serial : 0;
+    for (struct aiorcu_domain *d = domains; d; d = d->next_domain) {
+        init_locks(d);
+        atomic_store(&d->futex, 0);
+        atomic_store(&d->ctl.bytes[AIORCU_CTL_WAITING + 0], 0);
+        atomic_store(&d->ctl.bytes[AIORCU_CTL_WAITING + 1], 0);
+        /* Phantoms are not deaths: dead_readers_released stays as it was. */
+        uint64_t dead = atomic_load(&d->dead_readers_released);
+        for (size_t i = 0; i < d->nchunks * AIORCU_CHUNK_SLOTS; i++) {
+            struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
+            if (s->in_use && (!serial || atomic_load(&s->line.owner) != serial))
+                drop_owner(d, s);
+        }
+        atomic_store(&d->dead_readers_released, dead);
+    }
+    pthread_mutex_init(&domains_lock, NULL);
+    aiorcu__threads_after_fork(1);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
 
 struct aiorcu_domain *aiorcu_domain_new(void)
@@ -24,13 +89,58 @@ struct aiorcu_domain *aiorcu_domain_new(void)
     d->wait_mode = AIORCU_WAIT_FUTEX;
     d->stall_first_ns = STALL_FIRST_NS;
     d->stall_max_ns = STALL_MAX_NS;
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&domains_lock);
+    d->next_domain = domains;
+    if (domains)
+        domains->prev_domain = d;
+    domains = d;
+    pthread_mutex_unlock(&domains_lock);
     return d;
+}
+
+/* Drops the slot's owner (registry lock held): counts zeroed, generations
+ * bumped, the owner's record released.  Returns the sections dropped. */
+static uint64_t drop_owner(struct aiorcu_domain *d, struct aiorcu_slot *s)
+{
+    uint64_t open = 0;
+    for (int i = 0; i < AIORCU_NCOUNTS; i++)
+        /* Release: whatever the releasing thread did before is ordered
+         * before a writer's scan that sees the zero (pairs with the scan's
+         * load and the M3 that follows it). */
+        open += atomic_exchange_explicit(&s->line.count[i], 0, memory_order_release);
+    for (int k = 0; k < AIORCU_NKINDS; k++)
+        /* Relaxed: read under the registry lock by foreign releases, and by
+         * the owner, which no longer exists or is this thread (fork). */
+        atomic_fetch_add_explicit(&s->line.gen[k], 1, memory_order_relaxed);
+    atomic_store_explicit(&s->line.owner, 0, memory_order_relaxed);
+    if (s->life)
+        aiorcu__thread_put(s->life);
+    s->life = NULL;
+    s->in_use = 0;
+    d->slots_live--;
+    if (open)
+        atomic_fetch_add_explicit(&d->dead_readers_released, 1, memory_order_relaxed);
+    return open;
 }
 
 void aiorcu_domain_free(struct aiorcu_domain *d)
 {
     if (!d)
         return;
+    pthread_mutex_lock(&domains_lock);
+    if (d->prev_domain)
+        d->prev_domain->next_domain = d->next_domain;
+    else
+        domains = d->next_domain;
+    if (d->next_domain)
+        d->next_domain->prev_domain = d->prev_domain;
+    pthread_mutex_unlock(&domains_lock);
+    for (size_t i = 0; i < d->nchunks * AIORCU_CHUNK_SLOTS; i++) {
+        struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
+        if (s->in_use && s->life)
+            aiorcu__thread_put(s->life);
+    }
     for (size_t i = 0; i < d->nchunks; i++)
         free(d->chunks[i]);
     free(d->chunks);
@@ -42,6 +152,12 @@ void aiorcu_domain_free(struct aiorcu_domain *d)
 uint8_t *aiorcu_domain_ctl(struct aiorcu_domain *d)
 {
     return (uint8_t *)d->ctl.bytes;
+}
+
+int aiorcu_domain_mechanism(struct aiorcu_domain *d)
+{
+    (void)d; /* one mechanism per process for private domains */
+    return aiorcu_backend_mechanism();
 }
 
 static int grow(struct aiorcu_domain *d)
@@ -64,20 +180,38 @@ static int grow(struct aiorcu_domain *d)
 /* Returns a slot index owned by the calling thread, or -1 when the registry
  * is full or memory ran out.  Registration happens under the registry lock,
  * which a scanning writer also holds: a reader registered after a scan's
- * unlock enters after the writer's M1, so it sees the writer's update. */
+ * unlock enters after the writer's M1, so it sees the writer's update.
+ * When the registry is full, slots of threads that provably exited without
+ * releasing theirs are taken back first. */
 int aiorcu_slot_alloc(struct aiorcu_domain *d, uint64_t owner_tid)
 {
+    struct aiorcu_thread *me = aiorcu__thread_self();
+    if (!me)
+        return -1;
     int found = -1;
     pthread_mutex_lock(&d->registry_lock);
-    for (size_t i = 0; i < d->nchunks * AIORCU_CHUNK_SLOTS && found < 0; i++)
+    size_t n = d->nchunks * AIORCU_CHUNK_SLOTS;
+    for (size_t i = 0; i < n && found < 0; i++)
         if (!aiorcu__slot(d, (int)i)->in_use)
             found = (int)i;
-    if (found < 0 && grow(d) == 0)
+    if (found < 0 && grow(d) != 0) {
+        for (size_t i = 0; i < n && found < 0; i++) {
+            struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
+            if (s->life && aiorcu__thread_dead(s->life)) {
+                drop_owner(d, s);
+                found = (int)i;
+            }
+        }
+    } else if (found < 0) {
         found = (int)((d->nchunks - 1) * AIORCU_CHUNK_SLOTS);
+    }
     if (found >= 0) {
         struct aiorcu_slot *s = aiorcu__slot(d, found);
-        for (int f = 0; f < AIORCU_NFLAGS; f++)
-            atomic_store_explicit(&s->flags[f], 0, memory_order_relaxed);
+        for (int i = 0; i < AIORCU_NCOUNTS; i++)
+            atomic_store_explicit(&s->line.count[i], 0, memory_order_relaxed);
+        atomic_store_explicit(&s->line.owner, me->serial, memory_order_relaxed);
+        aiorcu__thread_get(me);
+        s->life = me;
         s->in_use = 1;
         s->owner_tid = owner_tid;
         s->blocked_gp = 0;
@@ -87,49 +221,87 @@ int aiorcu_slot_alloc(struct aiorcu_domain *d, uint64_t owner_tid)
     return found;
 }
 
-uint8_t *aiorcu_slot_flags(struct aiorcu_domain *d, int slot)
+void *aiorcu_slot_line(struct aiorcu_domain *d, int slot)
 {
     /* Registry lock: a concurrent grow() may reallocate the chunk table.
      * The slot itself never moves: chunks are only ever added. */
     pthread_mutex_lock(&d->registry_lock);
-    uint8_t *flags = (uint8_t *)aiorcu__slot(d, slot)->flags;
+    void *line = aiorcu__slot_valid(d, slot) ? &aiorcu__slot(d, slot)->line : NULL;
     pthread_mutex_unlock(&d->registry_lock);
-    return flags;
+    return line;
 }
 
-static void clear_flags(struct aiorcu_slot *s)
+/* Frees the slot of a thread that is gone.  The counts are dropped before
+ * the slot is marked free, under the registry lock: once another thread can
+ * claim the slot, nothing of the old owner's may change it again (their
+ * sections carry the old generation). */
+uint64_t aiorcu_slot_release(struct aiorcu_domain *d, int slot, uint64_t owner)
 {
-    for (int f = 0; f < AIORCU_NFLAGS; f++)
-        /* Release: whatever the releasing thread did before is ordered before
-         * a writer's scan that sees the zero (pairs with the scan's load and
-         * the M3 that follows it). */
-        atomic_store_explicit(&s->flags[f], 0, memory_order_release);
-}
-
-/* Forget whatever sections the slot's owner left open, keeping the slot.
- * Used when those sections can never be left normally. */
-void aiorcu_slot_clear(struct aiorcu_domain *d, int slot)
-{
+    uint64_t open = AIORCU_NOT_OWNER;
     pthread_mutex_lock(&d->registry_lock);
-    clear_flags(aiorcu__slot(d, slot));
-    pthread_mutex_unlock(&d->registry_lock);
-    aiorcu_wake(d);
-}
-
-/* Frees the slot of a thread that is gone.  The flags are cleared before the
- * slot is marked free, under the registry lock: once another thread can
- * allocate the slot, nothing of the old owner's may touch it again. */
-void aiorcu_slot_release(struct aiorcu_domain *d, int slot)
-{
-    pthread_mutex_lock(&d->registry_lock);
-    struct aiorcu_slot *s = aiorcu__slot(d, slot);
-    if (s->in_use) {
-        clear_flags(s);
-        s->in_use = 0;
-        d->slots_live--;
+    if (aiorcu__slot_valid(d, slot)) {
+        struct aiorcu_slot *s = aiorcu__slot(d, slot);
+        uint64_t current = atomic_load_explicit(&s->line.owner, memory_order_relaxed);
+        if (s->in_use && (owner == 0 || current == owner))
+            open = drop_owner(d, s);
     }
     pthread_mutex_unlock(&d->registry_lock);
     aiorcu_wake(d);
+    return open;
+}
+
+int aiorcu_slot_owner_dead(struct aiorcu_domain *d, int slot)
+{
+    int dead = 0;
+    pthread_mutex_lock(&d->registry_lock);
+    if (aiorcu__slot_valid(d, slot)) {
+        struct aiorcu_slot *s = aiorcu__slot(d, slot);
+        dead = s->in_use && s->life && aiorcu__thread_dead(s->life);
+    }
+    pthread_mutex_unlock(&d->registry_lock);
+    return dead;
+}
+
+uint64_t aiorcu_slot_counts(struct aiorcu_domain *d, int slot, uint64_t out[AIORCU_NCOUNTS])
+{
+    uint64_t owner = 0;
+    pthread_mutex_lock(&d->registry_lock);
+    for (int i = 0; i < AIORCU_NCOUNTS; i++)
+        out[i] = 0;
+    if (aiorcu__slot_valid(d, slot) && aiorcu__slot(d, slot)->in_use) {
+        struct aiorcu_slot *s = aiorcu__slot(d, slot);
+        owner = atomic_load_explicit(&s->line.owner, memory_order_relaxed);
+        for (int i = 0; i < AIORCU_NCOUNTS; i++)
+            out[i] = atomic_load_explicit(&s->line.count[i], memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&d->registry_lock);
+    return owner;
+}
+
+/* A section released by a thread other than its owner (left on the wrong
+ * thread, or collected).  The registry lock makes the generation check and
+ * the decrement one step with respect to a release of the whole slot, which
+ * also holds it; the owner's own decrements need no lock (it cannot race a
+ * release of its own slot: it is alive, and the process did not fork under
+ * it).  Fences: a foreign release runs F2 before the decrement and F3 after
+ * it as full fences whatever the barrier mode.  Fence mode needs them (the
+ * writer's M3 and M2 are plain fences that pair with them); in membarrier
+ * mode M3's and M2's IPIs reach the releasing thread as well, so there they
+ * only cost a little on this slow path (the spin model's foreign-no-f2 and
+ * fence-foreign-no-f2 variants show both). */
+int aiorcu_section_release(struct aiorcu_domain *d, void *line_, int kind, int phase, uint64_t gen)
+{
+    struct aiorcu_reader_line *line = line_;
+    int wake = 0, released = 0;
+    pthread_mutex_lock(&d->registry_lock);
+    if (atomic_load_explicit(&line->gen[kind], memory_order_relaxed) == gen) {
+        wake = aiorcu_read_uncount(d->ctl.bytes, line, kind, phase, 1);
+        released = 1;
+    }
+    pthread_mutex_unlock(&d->registry_lock);
+    if (wake)
+        aiorcu_wake(d);
+    return released;
 }
 
 /* Lists the slots that still hold `phase` open, with how long each has
@@ -144,8 +316,10 @@ size_t aiorcu_blocking_slots(struct aiorcu_domain *d, int phase, int32_t *out,
         struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
         if (!s->in_use)
             continue;
-        if (atomic_load_explicit(&s->flags[AIORCU_FLAG_THREAD + phase], memory_order_relaxed) ||
-            atomic_load_explicit(&s->flags[AIORCU_FLAG_TASK + phase], memory_order_relaxed)) {
+        if (atomic_load_explicit(&s->line.count[AIORCU_COUNT(AIORCU_KIND_THREAD, phase)],
+                                 memory_order_relaxed) ||
+            atomic_load_explicit(&s->line.count[AIORCU_COUNT(AIORCU_KIND_TASK, phase)],
+                                 memory_order_relaxed)) {
             out[n] = (int32_t)i;
             blocked_ns[n] = s->blocked_gp ? now - s->first_blocked : 0;
             n++;
@@ -153,29 +327,6 @@ size_t aiorcu_blocking_slots(struct aiorcu_domain *d, int phase, int32_t *out,
     }
     pthread_mutex_unlock(&d->registry_lock);
     return n;
-}
-
-/* In a fork child only the forking thread exists: every other slot is a
- * phantom reader.  Locks may have been held by threads that are gone. */
-void aiorcu_domain_after_fork(struct aiorcu_domain *d, int keep_slot)
-{
-    init_locks(d);
-    atomic_store(&d->futex, 0);
-    atomic_store(&d->ctl.bytes[AIORCU_CTL_WAITING + 0], 0);
-    atomic_store(&d->ctl.bytes[AIORCU_CTL_WAITING + 1], 0);
-    /* An interrupted grace period is abandoned like a timed-out one: the
-     * phase stays flipped and `completed` does not advance. */
-    d->slots_live = 0;
-    for (size_t i = 0; i < d->nchunks * AIORCU_CHUNK_SLOTS; i++) {
-        struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
-        if ((int)i == keep_slot && s->in_use) {
-            d->slots_live++;
-            continue;
-        }
-        s->in_use = 0;
-        for (int f = 0; f < AIORCU_NFLAGS; f++)
-            atomic_store(&s->flags[f], 0);
-    }
 }
 
 void aiorcu_domain_stats(struct aiorcu_domain *d, struct aiorcu_stats *o)
@@ -190,10 +341,19 @@ void aiorcu_domain_stats(struct aiorcu_domain *d, struct aiorcu_stats *o)
     o->wakeups = atomic_load(&d->wakeups);
     o->backstop_timeouts = atomic_load(&d->backstop_timeouts);
     o->timeouts = atomic_load(&d->timeouts);
+    o->dead_readers_released = atomic_load(&d->dead_readers_released);
+    uint64_t open = 0;
     pthread_mutex_lock(&d->registry_lock);
     o->slots_live = d->slots_live;
     o->slots_capacity = d->nchunks * AIORCU_CHUNK_SLOTS;
+    for (size_t i = 0; i < d->nchunks * AIORCU_CHUNK_SLOTS; i++) {
+        struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
+        if (s->in_use)
+            for (int c = 0; c < AIORCU_NCOUNTS; c++)
+                open += atomic_load_explicit(&s->line.count[c], memory_order_relaxed);
+    }
     pthread_mutex_unlock(&d->registry_lock);
+    o->sections_open = open;
 }
 
 void aiorcu_domain_set_wait_mode(struct aiorcu_domain *d, int mode)

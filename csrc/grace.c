@@ -1,15 +1,19 @@
 /*
  * Grace periods: two-phase (SRCU / urcu style) waits bracketed by two heavy
- * barriers.  Reader steps (Python `_reader.py`, C `reader.c`):
+ * barriers.  Reader steps (reader.h), per section:
  *
- *   enter: p = load(phase); flag[p] = 1; F1     F1 = compiler barrier only in
- *   leave: F2; flag[p] = 0; F3; load(waiting)   membarrier mode, full fences
- *                                               in fence mode.
+ *   enter: p = load(phase); count[kind, p]++; F1
+ *   leave: F2; count[kind, p]--; on 1 -> 0: F3; load(waiting[p]) -> wake
  *
- * Writer, serialized by the writer mutex:
+ * F1/F2/F3 are compiler barriers in membarrier mode, full fences in fence
+ * mode.  Writer, serialized by the writer mutex:
  *
- *   started += 1; M1; wait(!cur); mb; cur = !cur; mb; wait(old cur); M3;
+ *   started += 1; M1; wait(!cur); mb; cur = !cur; mb; wait(cur_old); M3;
  *   completed = started (release)
+ *
+ * where each wait that sleeps first stores waiting[p] and issues M2.  M1
+ * pairs with F1, M2 with F3, M3 with F2; the two plain fences around the
+ * flip serve progress only (the spin model verifies without them).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,8 +29,6 @@
 #define BACKSTOP_NS 50000000ull   /* futex sleeps end after this at the latest */
 #define POLL_MIN_NS 2000ull       /* poll mode: first sleep */
 #define POLL_MAX_NS 1000000ull    /* poll mode: longest sleep */
-
-void (*aiorcu_debug_reader_delay)(void);
 
 uint64_t aiorcu_monotonic_ns(void)
 {
@@ -107,23 +109,6 @@ void aiorcu_wake(struct aiorcu_domain *d)
     }
 }
 
-/* Fence-mode reader exit for Python readers: F2, clear, F3, check waiting. */
-void aiorcu_fence_flag_clear(struct aiorcu_domain *d, uint8_t *flags, int index)
-{
-    _Atomic uint8_t *f = (_Atomic uint8_t *)flags;
-    /* F2: the section's data loads complete before the clear; pairs with the
-     * writer's M3 (a fence in this mode). */
-    atomic_thread_fence(memory_order_seq_cst);
-    atomic_store_explicit(&f[index], 0, memory_order_relaxed);
-    /* F3: the clear is visible before we read the waiting byte; pairs with
-     * the writer's barrier between setting it and rescanning. */
-    atomic_thread_fence(memory_order_seq_cst);
-    int phase = index % 2;
-    /* Acquire: pairs with the release store of the waiting byte. */
-    if (atomic_load_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], memory_order_acquire))
-        aiorcu_wake(d);
-}
-
 /* Skipping both membarriers is safe only when no thread but the caller owns
  * a slot: any other reader registers later, under the registry lock, and so
  * enters after the caller's update (see aiorcu_slot_alloc). */
@@ -161,8 +146,10 @@ static int scan_clear(struct aiorcu_domain *d, int phase, uint64_t gp)
             continue;
         /* Relaxed: ordering comes from M1 before the scans and the fences or
          * M3 after them. */
-        if (atomic_load_explicit(&s->flags[AIORCU_FLAG_THREAD + phase], memory_order_relaxed) |
-            atomic_load_explicit(&s->flags[AIORCU_FLAG_TASK + phase], memory_order_relaxed)) {
+        if (atomic_load_explicit(&s->line.count[AIORCU_COUNT(AIORCU_KIND_THREAD, phase)],
+                                 memory_order_relaxed) |
+            atomic_load_explicit(&s->line.count[AIORCU_COUNT(AIORCU_KIND_TASK, phase)],
+                                 memory_order_relaxed)) {
             clear = 0;
             if (s->blocked_gp != gp) {
                 if (!now)
@@ -244,12 +231,13 @@ static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_w
         atomic_store_explicit(&d->futex, -1, memory_order_relaxed);
         /* Release: a reader that sees the waiting byte also sees futex == -1,
          * so its wake's exchange cannot miss the sleeper (pairs with the
-         * acquire load in aiorcu_fence_flag_clear and the reader's check). */
+         * acquire load of the waiting byte in aiorcu_read_uncount). */
         atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], 1, memory_order_release);
-        /* Wait barrier: either a reader's load of the waiting byte after its
-         * clear (F3) sees 1 and wakes us, or our rescan sees its clear.
-         * Pairs with F3 (membarrier mode: the IPI stands in for it).  Never
-         * elided: a reader registered since M1 may be a straggler here. */
+        /* M2: either a reader's load of the waiting byte after its 1 -> 0
+         * decrement (F3) sees 1 and wakes us, or our rescan sees the
+         * decrement.  Pairs with F3 (membarrier mode: the IPI stands in for
+         * it).  Never elided: a reader registered since M1 may be a
+         * straggler here. */
         if (aiorcu__heavy_barrier(d) < 0) {
             stop_waiting(d, phase);
             return AIORCU_EBARRIER;
@@ -279,9 +267,9 @@ static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int call
     writer_jitter();
     w->elide = can_elide(d, caller_slot);
 
-    /* M1: pairs with F1, the compiler barrier between a reader's flag store
-     * and its data loads.  A reader whose flag the scans below miss is
-     * guaranteed to load the updated data. */
+    /* M1: pairs with F1, between a reader's count increment and its data
+     * loads.  A reader whose increment the scans below miss is guaranteed
+     * to load the updated data. */
     if (barrier(d, w->elide) < 0)
         return AIORCU_EBARRIER;
     writer_jitter();
@@ -291,7 +279,8 @@ static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int call
     if (rc != AIORCU_OK)
         return rc;
     writer_jitter();
-    /* Plain smp_mb around the flip, as in liburcu: progress, not safety. */
+    /* Plain fences around the flip, as liburcu's smp_mb(): progress (readers
+     * see the new phase sooner), not safety. */
     atomic_thread_fence(memory_order_seq_cst);
     atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_PHASE], !cur, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
@@ -302,9 +291,9 @@ static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int call
         return rc; /* abandoned: the flip stays, `completed` does not move */
     writer_jitter();
 
-    /* M3: pairs with F2, the compiler barrier between a reader's last data
-     * load and its flag clear; what the caller does next (free, revoke) is
-     * ordered after every data load of the readers waited for. */
+    /* M3: pairs with F2, between a reader's last data load and its count
+     * decrement; what the caller does next (free, revoke) is ordered after
+     * every data load of the readers waited for. */
     if (barrier(d, w->elide) < 0)
         return AIORCU_EBARRIER;
     writer_jitter();
@@ -333,7 +322,10 @@ int aiorcu_synchronize(struct aiorcu_domain *d, uint64_t target, int64_t timeout
     uint64_t start = aiorcu_monotonic_ns();
     struct gp_wait w = {
         .start = start,
-        .deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns,
+        /* Negative: no deadline; so is one too far away to represent. */
+        .deadline = timeout_ns < 0 || (uint64_t)timeout_ns > UINT64_MAX - start
+                        ? UINT64_MAX
+                        : start + (uint64_t)timeout_ns,
         .flags = flags,
         .stall = stall,
         .stall_arg = stall_arg,

@@ -1,6 +1,10 @@
-/* C readers, for the plain-C stress harness.  Same protocol as the Python
- * reader in aiorcu/_reader.py: the outermost section takes the phase. */
+/* C read sections, for C programs and the plain-C stress harness.  The
+ * protocol steps are the inline functions of reader.h, which the Python
+ * extension (hotpath.c) uses too. */
 #include "internal.h"
+#include "reader.h"
+
+void (*aiorcu_debug_reader_delay)(void);
 
 int aiorcu_reader_init(struct aiorcu_reader *r, struct aiorcu_domain *d)
 {
@@ -8,54 +12,51 @@ int aiorcu_reader_init(struct aiorcu_reader *r, struct aiorcu_domain *d)
     r->slot = aiorcu_slot_alloc(d, 0);
     if (r->slot < 0)
         return -1;
-    r->flags = aiorcu_slot_flags(d, r->slot);
-    r->depth = 0;
-    r->phase = 0;
+    r->line = aiorcu_slot_line(d, r->slot);
+    r->fence = aiorcu_domain_mechanism(d) == AIORCU_MECH_FENCE;
     return 0;
 }
 
 void aiorcu_reader_fini(struct aiorcu_reader *r)
 {
-    aiorcu_slot_release(r->d, r->slot);
+    aiorcu_slot_release(r->d, r->slot, aiorcu_thread_serial());
     r->slot = -1;
+    r->line = NULL;
 }
 
-void aiorcu_read_lock(struct aiorcu_reader *r)
+void aiorcu_section_enter(struct aiorcu_reader *r, struct aiorcu_section *s, int kind)
 {
-    if (r->depth++)
-        return;
-    _Atomic uint8_t *f = (_Atomic uint8_t *)r->flags;
-    int p = atomic_load_explicit(&r->d->ctl.bytes[AIORCU_CTL_PHASE], memory_order_relaxed);
+    struct aiorcu_reader_line *line = r->line;
+    int p = aiorcu_read_phase(r->d->ctl.bytes);
     if (aiorcu_debug_reader_delay)
         aiorcu_debug_reader_delay();
-    r->phase = p;
-    atomic_store_explicit(&f[AIORCU_FLAG_THREAD + p], 1, memory_order_relaxed);
-    if (aiorcu_backend_mechanism() == AIORCU_MECH_FENCE)
-        /* F1: pairs with the writer's M1 fence. */
-        atomic_thread_fence(memory_order_seq_cst);
-    else
-        /* F1: compiler barrier only; the writer's M1 membarrier pairs here. */
-        atomic_signal_fence(memory_order_seq_cst);
+    aiorcu_read_count(line, kind, p, r->fence);
+    s->line = line;
+    /* Relaxed: gen changes only under the registry lock when the slot is
+     * released, which cannot happen while its owner (this thread) runs. */
+    s->gen = atomic_load_explicit(&line->gen[kind], memory_order_relaxed);
+    s->thread = atomic_load_explicit(&line->owner, memory_order_relaxed);
+    s->kind = kind;
+    s->phase = p;
+    atomic_store_explicit((_Atomic int *)&s->state, AIORCU_SECTION_OPEN, memory_order_relaxed);
 }
 
-void aiorcu_read_unlock(struct aiorcu_reader *r)
+int aiorcu_section_leave(struct aiorcu_reader *r, struct aiorcu_section *s)
 {
-    if (--r->depth)
-        return;
-    _Atomic uint8_t *f = (_Atomic uint8_t *)r->flags;
-    int fence = aiorcu_backend_mechanism() == AIORCU_MECH_FENCE;
-    /* F2: data loads before the clear; pairs with the writer's M3. */
-    if (fence)
-        atomic_thread_fence(memory_order_seq_cst);
-    else
-        atomic_signal_fence(memory_order_seq_cst);
-    atomic_store_explicit(&f[AIORCU_FLAG_THREAD + r->phase], 0, memory_order_relaxed);
-    /* F3: clear before the waiting check; pairs with the writer's wait
-     * barrier (a membarrier IPI in membarrier mode). */
-    if (fence)
-        atomic_thread_fence(memory_order_seq_cst);
-    else
-        atomic_signal_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&r->d->ctl.bytes[AIORCU_CTL_WAITING + r->phase], memory_order_relaxed))
+    int open = AIORCU_SECTION_OPEN;
+    /* Exactly once, whoever leaves: the compare-and-swap picks one. */
+    if (!atomic_compare_exchange_strong_explicit((_Atomic int *)&s->state, &open,
+                                                 AIORCU_SECTION_CLOSED, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return -1;
+    struct aiorcu_reader_line *line = s->line;
+    if (s->thread != aiorcu_thread_serial()) {
+        aiorcu_section_release(r->d, line, s->kind, s->phase, s->gen);
+        return 0;
+    }
+    if (atomic_load_explicit(&line->gen[s->kind], memory_order_relaxed) != s->gen)
+        return 0; /* the slot was released (fork): its counts are gone */
+    if (aiorcu_read_uncount(r->d->ctl.bytes, line, s->kind, s->phase, r->fence))
         aiorcu_wake(r->d);
+    return 0;
 }

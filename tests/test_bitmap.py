@@ -144,10 +144,16 @@ def test_out_of_range_reads_raise_index_error() -> None:
                 call()
 
 
+def _lowlevel_nbytes(bitmap: aiorcu.Bitmap) -> int:
+    import aiorcu._aiorcu_cffi as cffi_module
+
+    return int(cffi_module.ffi.sizeof(bitmap._core.words))
+
+
 def test_large_bitmap_fits_in_eight_mib() -> None:
     pages = 2**26  # 256 GiB of 4 KiB pages
     bitmap = aiorcu.Bitmap(pages, initial=True)
-    assert bitmap._octets.nbytes == 8 * 2**20
+    assert _lowlevel_nbytes(bitmap) == 8 * 2**20
     report = bitmap.commit_blocking(_tx(("revoke", pages - 1_000_001, 1_000_000)))
     assert report.pages_revoked == 1_000_000
     with bitmap.domain.read():
@@ -397,19 +403,21 @@ async def test_cancelled_commit_still_waits_for_readers_once_applied() -> None:
 
 
 @pytest.mark.anyio
-async def test_concurrent_async_commits_are_atomic_and_offload_on_contention() -> None:
+async def test_concurrent_async_commits_are_atomic_and_wait_for_the_lock_on_the_loop() -> None:
     bitmap = aiorcu.Bitmap(4096, domain=aiorcu.Domain(name="contended"), initial=True)
     blocker = threading.Event()
     entered = threading.Event()
 
     def hold_writer_lock() -> None:
-        with bitmap._lock:
-            entered.set()
-            blocker.wait(HANG_GUARD)
+        bitmap._lock.acquire_blocking()
+        entered.set()
+        blocker.wait(HANG_GUARD)
+        bitmap._lock.release()
 
     t = threading.Thread(target=hold_writer_lock)
     t.start()
-    entered.wait()
+    assert entered.wait(HANG_GUARD)
+    threads_before = set(threading.enumerate())
     reports: list[aiorcu.CommitReport] = []
 
     async def one(i: int) -> None:
@@ -419,7 +427,8 @@ async def test_concurrent_async_commits_are_atomic_and_offload_on_contention() -
         for i in range(16):
             tg.start_soon(one, i)
         await anyio.sleep(0.05)
-        assert reports == []  # all waiting for the lock, off the loop
+        assert reports == []  # all waiting for the lock, without blocking the loop
+        assert set(threading.enumerate()) <= threads_before  # and without a thread each
         blocker.set()
     t.join()
     assert sorted(r.pages_revoked for r in reports) == [32] * 16

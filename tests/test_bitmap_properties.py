@@ -314,8 +314,9 @@ class BitmapMachine(RuleBasedStateMachine):
             else:
                 self.bitmap.commit_blocking(make_tx(ops, sync))
         assert str(info.value) == (
-            "Bitmap.commit_blocking() called inside a read section on this thread; it would "
-            "wait for itself. Leave the section first or use call_after_grace_period()"
+            "Bitmap.commit_blocking() called inside a `with domain.read():` section on this "
+            "thread; it would wait for itself. Leave the section first, or use "
+            "call_after_grace_period()"
         )
         # the invariant checks that nothing was applied
 
@@ -416,7 +417,9 @@ class BitmapMachine(RuleBasedStateMachine):
             getattr(self.bitmap, what)(*args)
         assert str(info.value) == (
             f"Bitmap.{what}() called outside a read section of domain 'props'; wrap the "
-            "access in `with props.read():` (thread) or `async with props.read():` (task)"
+            "access in `with domain.read():` (thread code) or `async with domain.read():` "
+            "(task code). A worker thread running a copy of a task's context "
+            "(asyncio.to_thread, run_in_executor) is not inside that task's section"
         )
 
     @precondition(lambda self: self.unflushed)
@@ -852,7 +855,11 @@ def test_guarded_memory_agrees_with_a_bytearray(
             length = data.draw(st.integers(0, size + 2))
             if offset >= 0 and offset + length <= size:
                 offset = -1 - length
-            where = f"bytes {offset}..{offset + length - 1} are outside the memory (0..{size - 1})"
+            where = (
+                f"bytes {offset}..{offset + length - 1} are outside the memory (0..{size - 1})"
+                if length
+                else f"offset {offset} is outside the memory (0..{size})"
+            )
             with pytest.raises(IndexError) as info:
                 mem.read(offset, length)
             assert str(info.value) == f"GuardedMemory.read: {where}"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -232,17 +233,22 @@ def test_drain_runs_on_the_calling_thread_when_no_worker_thread_lives() -> None:
         budgets.append(timeout_ns)
         return True
 
-    worker = _callbacks.CallbackWorker("drain", grace_period)
+    appends: list[Callable[[_callbacks.Entry], None]] = []
+
+    def bind(append: Callable[[_callbacks.Entry], None], wake: Callable[[], None]) -> None:
+        appends.append(append)
+
+    worker = _callbacks.CallbackWorker("drain", grace_period, bind, lambda idle: None)
     for i in range(3):
-        worker.append((lambda i: ran.append((i, _callbacks.in_callback())), (i,)))
+        appends[-1]((lambda i: ran.append((i, _callbacks.in_callback())), (i,)))
     assert worker.drain(time.monotonic() + 5) == []
     assert ran == [(0, True), (1, True), (2, True)]
     assert len(budgets) == 1 and 0 < budgets[0] <= 5e9  # one grace period, bounded
     assert not _callbacks.in_callback()
 
-    stuck = _callbacks.CallbackWorker("drain-stuck", lambda timeout_ns: False)
+    stuck = _callbacks.CallbackWorker("drain-stuck", lambda timeout_ns: False, bind, lambda i: None)
     never: list[int] = []
-    stuck.append((never.append, (99,)))
+    appends[-1]((never.append, (99,)))
     left = stuck.drain(time.monotonic() + 5)
     assert left == [(never.append, (99,))] and stuck.pending == 1
     assert never == []

@@ -131,9 +131,9 @@ def test_readers_that_enter_after_the_flip_do_not_delay_the_grace_period() -> No
     """SRCU's two indexes: only sections that began before the flip are waited for."""
     d = aiorcu.Domain(name="after-flip")
     first, leave_first = hold_section(d, "early")
-    phase = d._core.ctl[0]
+    phase = _testing.current_phase(d)
     writer = background_synchronize(d)
-    assert _wait_until(lambda: d._core.ctl[0] != phase)  # the writer flipped, now waits
+    assert _wait_until(lambda: _testing.current_phase(d) != phase)  # the writer flipped, now waits
     late, leave_late = hold_section(d, "late")  # enters in the new phase
     try:
         assert not writer.done.wait(0.1)
@@ -180,8 +180,8 @@ def test_domains_are_independent() -> None:
 def test_synchronize_inside_own_section_raises() -> None:
     d = aiorcu.Domain(name="self")
     message = (
-        r"synchronize_blocking\(\) called inside a read section on this thread; "
-        r"it would wait for itself\. Leave the section first"
+        r"synchronize_blocking\(\) called inside a `with domain\.read\(\):` section on this "
+        r"thread; it would wait for itself\. Leave the section first"
     )
     with d.read():
         with pytest.raises(aiorcu.RcuUsageError, match=message):
@@ -192,8 +192,29 @@ def test_synchronize_inside_own_section_raises() -> None:
 
 
 def test_negative_timeout_rejected() -> None:
-    with pytest.raises(ValueError, match=r"timeout must be >= 0 or None, not -1"):
-        aiorcu.Domain().synchronize_blocking(timeout=-1)
+    d = aiorcu.Domain()
+    with pytest.raises(ValueError, match=r"timeout must be >= 0 seconds or None, not -1"):
+        d.synchronize_blocking(timeout=-1)
+    with pytest.raises(ValueError, match=r"not nan"):
+        d.synchronize_blocking(timeout=float("nan"))
+    with pytest.raises(TypeError, match=r"timeout must be a number of seconds or None"):
+        d.synchronize_blocking(timeout="1")  # type: ignore[arg-type]
+    assert d.stats().grace_periods == 0  # nothing ran
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10, 2**64, 1e300])
+def test_huge_timeouts_mean_no_deadline(timeout: float) -> None:
+    """Defect: inf and 1e10 raised OverflowError; they mean "no deadline"."""
+    d = aiorcu.Domain(name="forever")
+    d.synchronize_blocking(timeout=timeout)
+    holder, leave = hold_section(d)
+    writer = Background(lambda: d.synchronize_blocking(timeout=timeout), name="writer")
+    try:
+        assert not writer.done.wait(0.2)
+    finally:
+        leave.set()
+        holder.join()
+    writer.result()
 
 
 # -- timeouts -------------------------------------------------------------------------
@@ -276,9 +297,9 @@ def _straggler_waited_for(busted: bool) -> bool:
         t.start()
         try:
             assert loaded.wait(5)
-            phase_before = d._core.ctl[0]
+            phase_before = _testing.current_phase(d)
             d.synchronize_blocking(timeout=HANG_GUARD)  # flips; the reader has not published
-            assert d._core.ctl[0] != phase_before
+            assert _testing.current_phase(d) != phase_before
             go_on.set()
             assert entered.wait(5)  # now inside, counted in the old phase
             _testing.set_busted(d, busted)

@@ -34,6 +34,7 @@ import textwrap
 import threading
 import time
 import traceback
+from typing import Any
 from _thread import get_ident
 from collections.abc import Callable
 
@@ -294,7 +295,7 @@ def test_unabsorbable_fault_mid_grace_period_raises_and_later_ones_still_wait() 
     d = aiorcu.Domain(name="unabsorbed")
     _testing.set_wait_mode(d, "futex")
     holder, leave = hold_section(d)
-    phase_before = d._core.ctl[0]
+    phase_before = _testing.current_phase(d)
     completed_before = d.stats().completed_sequence
     writer = background_synchronize(d)
     try:
@@ -311,7 +312,7 @@ def test_unabsorbable_fault_mid_grace_period_raises_and_later_ones_still_wait() 
         assert "MEMBARRIER_CMD_GLOBAL fallback failed too" in message
         assert "nothing was skipped" in message
         assert "Run with AIORCU_MEMBARRIER=off" in message  # says what to do
-        assert d._core.ctl[0] != phase_before  # it failed after the flip, as intended
+        assert _testing.current_phase(d) != phase_before  # it failed after the flip, as intended
         assert d.stats().completed_sequence == completed_before  # not reported complete
 
         again = background_synchronize(d)
@@ -360,15 +361,17 @@ def test_failed_grace_period_keeps_callbacks_queued_until_a_real_one(
 def _die_inside(d: aiorcu.Domain, name: str, keep: list[object]) -> threading.Thread:
     """A thread that enters a section and ends without leaving it.
 
-    It hands its exit hook (the thread-local sentinel) to ``keep``: the hook
-    then runs only when the test drops it, as when a thread's locals are torn
-    down late.  Only then does the stall warning's own check for dead threads
-    have anything to do.
+    It hands its section and its exit hook (the thread-local registration)
+    to ``keep``: the hook then runs only when the test drops it, as when a
+    thread's locals are torn down late.  Only then does the stall warning's
+    own check for dead threads (the core's proof of death) have anything to do.
     """
 
     def body() -> None:
-        d.read().__enter__()
-        keep.append(d._local.sentinel)
+        section = d.read()
+        section.__enter__()
+        keep.append(section)
+        keep.append(d._threads._local.reg)
 
     thread = threading.Thread(target=body, name=name)
     thread.start()
@@ -424,7 +427,7 @@ def test_a_dead_readers_slot_is_released_once(first: str) -> None:
     if first == "stall-warning":
         kept: list[object] = []
         dead = _die_inside(d, "dies-inside", kept)
-        slot = d._readers[min(d._readers)].slot
+        slot = _slot_of(d, dead)
         d.synchronize_blocking(timeout=HANG_GUARD)  # the stall warning releases it
         newcomer.append(hold_section(d, "newcomer"))
         kept.clear()  # the exit hook runs late
@@ -432,30 +435,36 @@ def test_a_dead_readers_slot_is_released_once(first: str) -> None:
     else:
         entered, go = threading.Event(), threading.Event()
 
+        kept_sections: list[aiorcu.ReadSection] = []
+
         def dies() -> None:
-            d.read().__enter__()
+            section = d.read()
+            section.__enter__()
+            kept_sections.append(section)
             entered.set()
             go.wait(HANG_GUARD)
 
         dead = threading.Thread(target=dies, name="dies-while-reported")
         dead.start()
         assert entered.wait(5)
-        slot = d._by_ident[dead.ident or 0].slot
-        describe = d._describe_reader
+        slot = _slot_of(d, dead)
+        registry = d._threads
+        describe = registry.describe
 
-        def racing(reader: object, blocked_ns: int, release_dead: bool) -> str:
-            if not newcomer:  # between the lookup and the liveness check:
+        def racing(var: Any, slot: int, blocked_ns: int) -> str:
+            text = describe(var, slot, blocked_ns)
+            if not newcomer:  # between the report and the proof of death:
                 go.set()
                 dead.join()  # the thread exits; its exit hook frees the slot
                 newcomer.append(hold_section(d, "newcomer"))
-            return describe(reader, blocked_ns, release_dead)  # type: ignore[arg-type]
+            return text
 
-        d._describe_reader = racing  # type: ignore[method-assign]
+        registry.describe = racing  # type: ignore[method-assign]
         d.synchronize_blocking(timeout=HANG_GUARD)
-        del d._describe_reader
+        del registry.describe
     thread, leave = newcomer[0]
     try:
-        assert d._by_ident[thread.ident or 0].slot == slot  # the slot was reused
+        assert _slot_of(d, thread) == slot  # the slot was reused
         assert d.stats().threads_registered == 1  # the newcomer's slot is still live
         writer = background_synchronize(d)
         assert _still_waiting(writer)  # and its section still counts
@@ -483,6 +492,10 @@ def test_stall_warning_releases_a_dead_reader_whose_thread_object_is_gone(
     finally:
         kept.clear()
         gc.collect()
+
+
+def _slot_of(d: aiorcu.Domain, thread: threading.Thread) -> int:
+    return next(i.slot for i in d._threads.owners() if i.ident == thread.ident)
 
 
 # -- fork -------------------------------------------------------------------------
@@ -770,8 +783,9 @@ async def _chaos(d: aiorcu.Domain, seed: int) -> None:
     assert stats.readers_active == 0
     assert stats.callbacks_pending == 0
     assert d._worker.pending == 0  # every cancelled waiter withdrew
-    assert set(d._by_ident) <= {get_ident()}  # only this (loop) thread keeps a reader
-    assert stats.threads_registered == len(d._by_ident)
+    owners = d._threads.owners()
+    assert {i.ident for i in owners} <= {get_ident()}  # only this (loop) thread keeps a slot
+    assert stats.threads_registered == len(owners)
     assert stats.grace_periods > 0
     gc.collect()
     domain_threads = {d._worker.thread(), d._callbacks._thread}

@@ -81,6 +81,11 @@ def test_bad_spans_and_arguments() -> None:
         mem.read(15, 10)
     with pytest.raises(IndexError, match="outside"):
         mem.write(-1, b"x")
+    with pytest.raises(
+        IndexError, match=r"GuardedMemory.read: offset 99999 is outside the memory \(0..20\)"
+    ):
+        mem.read(99999, 0)
+    assert mem.read(20, 0) == b""  # an empty span at the end is inside
     with pytest.raises(ValueError, match="must not be negative"):
         mem.read(0, -1)
     with pytest.raises(TypeError):
@@ -91,7 +96,7 @@ def test_bad_spans_and_arguments() -> None:
         aiorcu.GuardedMemory(2, page_size=0)
     with pytest.raises(TypeError, match="page_size must be an int"):
         aiorcu.GuardedMemory(2, page_size=True)
-    with pytest.raises(ValueError, match="between 1 and"):
+    with pytest.raises(ValueError, match="GuardedMemory pages must be at least 1, not 0"):
         aiorcu.GuardedMemory(0)
 
 
@@ -149,9 +154,9 @@ def _revocation_race(busted: bool, seconds: float) -> int:
             # Reuse the page outside the guard, as a device or another
             # tenant would: only safe because the commit waited.
             dead[page] = 1
-            mem._view[page * size : (page + 1) * size] = b"\xff" * size
+            mem._buffer[page * size : (page + 1) * size] = b"\xff" * size
             time.sleep(0)
-            mem._view[page * size : (page + 1) * size] = clean
+            mem._buffer[page * size : (page + 1) * size] = clean
             dead[page] = 0
             _grant(mem, page)
 

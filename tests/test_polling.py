@@ -53,7 +53,7 @@ def test_wait_blocking_timeout_and_misuse() -> None:
         d.read(),
         pytest.raises(
             aiorcu.RcuUsageError,
-            match=r"wait_blocking\(\) called inside a read section on this thread; it would wait",
+            match=r"wait_blocking\(\) called inside a `with domain.read\(\):` section on this thread; it would wait",
         ),
     ):
         d.wait_blocking(d.snapshot())

@@ -84,24 +84,88 @@ def test_deeply_nested_sections_do_not_wrap() -> None:
 def test_many_task_sections_on_one_thread_do_not_wrap() -> None:
     """257+ concurrent task sections on one thread: a byte count would read 0."""
     d = aiorcu.Domain(name="wide")
-    section = d.read()
+    sections = [d.read() for _ in range(300)]
     contexts = [contextvars.copy_context() for _ in range(300)]
-    for ctx in contexts:
+    for ctx, section in zip(contexts, sections):
         ctx.run(section.__aenter__)
     assert d.stats().readers_active == 300
-    for ctx in contexts[:-1]:
+    for ctx, section in zip(contexts[:-1], sections[:-1]):
         ctx.run(section.__aexit__, None, None, None)
     assert d.stats().readers_active == 1
     writer = background_synchronize(d)
     assert not writer.done.wait(0.2)
-    contexts[-1].run(section.__aexit__, None, None, None)
+    contexts[-1].run(sections[-1].__aexit__, None, None, None)
     writer.result()
+
+
+# -- section identity -------------------------------------------------------------
+
+
+def test_read_returns_a_new_section_each_time() -> None:
+    d = aiorcu.Domain(name="fresh")
+    a, b = d.read(), d.read()
+    assert a is not b
+    assert isinstance(a, aiorcu.ReadSection)
+    assert (a.open, a.kind) == (False, None)
+    with a:
+        assert (a.open, a.kind, a.counted) == (True, "thread", True)
+        with b:
+            pass
+        assert not b.open and a.open  # b closed exactly itself
+    assert not a.open and "closed" in repr(a)
+
+
+def test_a_section_is_entered_once_and_left_once() -> None:
+    d = aiorcu.Domain(name="once")
+    section = d.read()
+    with section:
+        with pytest.raises(aiorcu.RcuUsageError, match="entered already"):
+            section.__enter__()
+        assert d.stats().readers_active == 1  # the refused entry counted nothing
+    with pytest.raises(aiorcu.RcuUsageError, match="was left already; a section closes exactly"):
+        section.__exit__(None, None, None)
+    assert d.stats().readers_active == 0
+    d.synchronize_blocking(timeout=HANG_GUARD)
+
+
+def test_racing_exits_close_a_section_exactly_once() -> None:
+    """Two threads race to leave one section: one wins, the other raises; one decrement."""
+    d = aiorcu.Domain(name="race-exit")
+    holder, leave = hold_section(d, "bystander")  # a count the losers must not touch
+    try:
+        for _ in range(200):
+            section = d.read()
+            section.__enter__()
+            barrier = threading.Barrier(2)
+            outcomes: list[str] = []
+
+            def leave_it(s: aiorcu.ReadSection = section) -> None:
+                barrier.wait()
+                try:
+                    s.__exit__(None, None, None)
+                    outcomes.append("won")
+                except aiorcu.RcuUsageError as exc:
+                    outcomes.append("already" if "left already" in str(exc) else "foreign")
+
+            other = threading.Thread(target=leave_it)
+            other.start()
+            leave_it()
+            other.join()
+            # This thread's exit either won, or lost to the other thread;
+            # the other thread's win is a foreign exit (it raises too).
+            assert outcomes.count("already") == 1, outcomes
+            assert d.stats().readers_active == 1  # only the bystander
+    finally:
+        leave.set()
+        holder.join()
+    assert d.stats().readers_active == 0
+    d.synchronize_blocking(timeout=HANG_GUARD)
 
 
 # -- ownership ------------------------------------------------------------------
 
 
-def test_leaving_on_another_thread_raises() -> None:
+def test_leaving_on_another_thread_raises_and_releases_at_once() -> None:
     d = aiorcu.Domain(name="move")
 
     def gen() -> Iterator[None]:
@@ -114,63 +178,86 @@ def test_leaving_on_another_thread_raises() -> None:
     assert other.finished()
     assert isinstance(other.error, aiorcu.RcuUsageError)
     message = str(other.error)
-    assert "was used on thread 'other' but belongs to thread 'MainThread'" in message
-    assert "sections are per thread" in message
-    # The owner applies the queued release at its next section; grace periods finish.
-    with d.read():
-        pass
+    assert "a `with` read section of domain 'move' entered on thread 'MainThread' was left on "
+    "thread 'other'" in message
+    assert "it was released at once" in message
+    assert "leave a section on the thread that entered it" in message
+    # Released at once: this thread (the owner) does nothing more, yet grace
+    # periods complete.
     assert not d._inside()
     assert d.stats().readers_active == 0
     d.synchronize_blocking(timeout=HANG_GUARD)
 
 
-def test_leaving_on_a_thread_that_never_read_raises() -> None:
-    """The first section of a thread, left on a thread that never entered one."""
+def test_first_section_left_on_another_thread_leaves_that_threads_section_alone() -> None:
+    """Defect: the first section of a thread, left on another thread that is inside
+    a section of its own, closed that thread's section instead."""
     d = aiorcu.Domain(name="stranger")
-    holder, leave = hold_section(d, "bystander")  # a second open reader: ambiguous owner
-    entered, finish = threading.Event(), threading.Event()
     box: list[Iterator[None]] = []
 
     def gen() -> Iterator[None]:
         with d.read():
             yield
 
-    def starter() -> None:
+    def starter() -> None:  # this thread's first and only section
         g = gen()
         next(g)
         box.append(g)
-        entered.set()
-        finish.wait(HANG_GUARD)
 
     owner = threading.Thread(target=starter, name="owner")
     owner.start()
+    owner.join()  # the owner exited inside: its slot was released
+    stranger_done, stranger_leave = threading.Event(), threading.Event()
+    results: list[object] = []
+
+    def stranger() -> None:
+        with d.read():  # the stranger's own section
+            try:
+                next(box[0])
+            except aiorcu.RcuUsageError as exc:
+                results.append(exc)
+            results.append(d._inside())
+            stranger_done.set()
+            stranger_leave.wait(HANG_GUARD)
+
+    t = threading.Thread(target=stranger, name="stranger")
+    t.start()
+    try:
+        assert stranger_done.wait(5)
+        assert isinstance(results[0], aiorcu.RcuUsageError)
+        assert "entered on thread 'owner' was left on thread 'stranger'" in str(results[0])
+        assert results[1] is True  # the stranger's own section is still open
+        writer = background_synchronize(d)
+        assert not writer.done.wait(0.2)  # and still protects it
+    finally:
+        stranger_leave.set()
+        t.join()
+        box.clear()
+    writer.result()
+
+
+def test_stored_section_entered_on_another_thread_is_that_threads_section() -> None:
+    """A section object belongs to the thread that enters it, not to read()'s caller."""
+    d = aiorcu.Domain(name="stored")
+    section = d.read()
+    entered, leave = threading.Event(), threading.Event()
+
+    def borrower() -> None:
+        with section:
+            entered.set()
+            leave.wait(HANG_GUARD)
+
+    t = threading.Thread(target=borrower, name="borrower")
+    t.start()
     try:
         assert entered.wait(5)
-        stranger = Background(lambda: next(box[0]), name="stranger")
-        assert stranger.finished()
-        assert isinstance(stranger.error, aiorcu.RcuUsageError)
-        assert "was left on thread 'stranger', which never entered one" in str(stranger.error)
+        assert not d._inside()  # this thread is not inside
+        writer = background_synchronize(d)
+        assert not writer.done.wait(0.2)  # the borrower is
     finally:
-        finish.set()
         leave.set()
-        owner.join()
-        holder.join()
-        box.clear()
-        gc.collect()
-
-
-def test_stored_section_used_on_another_thread_raises() -> None:
-    d = aiorcu.Domain(name="stored")
-    with d.read():
-        pass
-    section = d.read()  # this thread's own reader from now on
-    other = Background(section.__enter__, name="borrower")
-    assert other.finished()
-    assert isinstance(other.error, aiorcu.RcuUsageError)
-    assert "belongs to thread 'MainThread'" in str(other.error)
-    assert "call domain.read() on the thread that reads" in str(other.error)
-    assert d.stats().readers_active == 0
-    d.synchronize_blocking(timeout=HANG_GUARD)
+        t.join()
+    writer.result()
 
 
 def test_exit_without_enter_raises() -> None:
@@ -179,11 +266,93 @@ def test_exit_without_enter_raises() -> None:
         pass
     with pytest.raises(
         aiorcu.RcuUsageError,
-        match=r"a read section was left that was never entered on this thread; "
-        r"use `with domain.read\(\):`",
+        match=r"left a read section that was never entered; use `with domain.read\(\):`",
     ):
         d.read().__exit__(None, None, None)
     assert d.stats().readers_active == 0
+
+
+def test_entering_with_one_protocol_and_leaving_with_the_other_raises() -> None:
+    d = aiorcu.Domain(name="mixed")
+    section = d.read()
+    section.__enter__()
+    with pytest.raises(aiorcu.RcuUsageError, match="was left with the other protocol"):
+        section.__aexit__(None, None, None)
+    assert not section.open
+    assert d.stats().readers_active == 0
+
+
+def test_a_foreign_release_while_the_owner_has_nested_sections() -> None:
+    """Defect: releases queued for the owner and applied in its slow exit path
+    leaked a flag (grace periods hung).  Now any thread releases at once."""
+    d = aiorcu.Domain(name="nested-foreign")
+    outer, middle, inner = d.read(), d.read(), d.read()
+    outer.__enter__()
+    middle.__enter__()
+    inner.__enter__()
+    with pytest.raises(aiorcu.RcuUsageError):
+        Background(lambda: middle.__exit__(None, None, None), name="helper").result()
+    assert d.stats().readers_active == 2
+    inner.__exit__(None, None, None)
+    outer.__exit__(None, None, None)
+    assert d.stats().readers_active == 0
+    assert not d._inside()
+    d.synchronize_blocking(timeout=HANG_GUARD)
+
+
+def test_foreign_release_does_not_wait_for_an_idle_owner() -> None:
+    """Defect: a release queued for an owner thread that sleeps held grace periods."""
+    d = aiorcu.Domain(name="idle-owner")
+    handed: list[aiorcu.ReadSection] = []
+    entered, finish = threading.Event(), threading.Event()
+
+    def owner() -> None:
+        section = d.read()
+        section.__enter__()
+        handed.append(section)
+        entered.set()
+        finish.wait(HANG_GUARD)  # idle from here on: never enters or leaves again
+
+    t = threading.Thread(target=owner, name="sleeper")
+    t.start()
+    try:
+        assert entered.wait(5)
+        with pytest.raises(aiorcu.RcuUsageError):
+            handed[0].__exit__(None, None, None)
+        d.synchronize_blocking(timeout=HANG_GUARD)  # completes while the owner sleeps
+        handed.clear()
+    finally:
+        finish.set()
+        t.join()
+
+
+def test_collected_section_is_released_on_another_thread_while_the_owner_sleeps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = aiorcu.Domain(name="collected-elsewhere")
+    handed: list[aiorcu.ReadSection] = []
+    entered, finish = threading.Event(), threading.Event()
+
+    def owner() -> None:
+        section = d.read()
+        section.__enter__()
+        handed.append(section)
+        del section
+        entered.set()
+        finish.wait(HANG_GUARD)
+
+    t = threading.Thread(target=owner, name="sleeper")
+    t.start()
+    try:
+        assert entered.wait(5)
+        with caplog.at_level(logging.WARNING, logger="aiorcu"):
+            handed.clear()  # the last reference: collected on this thread
+        assert "garbage-collected while open" in caplog.text
+        assert "entered on thread 'sleeper'" in caplog.text
+        d.synchronize_blocking(timeout=HANG_GUARD)
+    finally:
+        finish.set()
+        t.join()
 
 
 # -- thread exit ------------------------------------------------------------------
@@ -191,9 +360,12 @@ def test_exit_without_enter_raises() -> None:
 
 def test_thread_exit_inside_a_section_releases_its_slot(caplog: pytest.LogCaptureFixture) -> None:
     d = aiorcu.Domain(name="exit")
+    kept: list[aiorcu.ReadSection] = []
 
     def leaker() -> None:
-        d.read().__enter__()  # returns without __exit__: the thread ends inside
+        section = d.read()
+        section.__enter__()  # the thread ends inside; the object lives on
+        kept.append(section)
 
     with caplog.at_level(logging.WARNING, logger="aiorcu"):
         t = threading.Thread(target=leaker, name="leaky-thread")
@@ -210,8 +382,69 @@ def test_thread_exit_inside_a_section_releases_its_slot(caplog: pytest.LogCaptur
     assert all(r.levelno == logging.WARNING for r in records)
     assert d.stats().threads_registered == 0
     assert d.stats().readers_active == 0
+    assert d.stats().dead_readers_released == 1
+    assert kept[0].open and not kept[0].counted
     d.synchronize_blocking(timeout=HANG_GUARD)
     d.synchronize_blocking(timeout=HANG_GUARD)
+
+
+def test_late_exit_after_the_slot_was_released_changes_nothing() -> None:
+    """Defect: after a slot was released and reused, a late exit of an old section
+    decremented the new owner's counts."""
+    d = aiorcu.Domain(name="late-exit")
+    kept: list[aiorcu.ReadSection] = []
+
+    def leaker() -> None:
+        section = d.read()
+        section.__enter__()
+        kept.append(section)
+
+    t = threading.Thread(target=leaker)
+    t.start()
+    t.join()  # slot released; the next thread reuses it
+    holder, leave = hold_section(d, "new-owner")
+    try:
+        assert d.stats().threads_registered == 1
+        # Leaving the old section from this thread (a foreign exit) raises and
+        # must not touch the new owner's count.
+        with pytest.raises(aiorcu.RcuUsageError):
+            kept[0].__exit__(None, None, None)
+        assert d.stats().readers_active == 1
+        writer = background_synchronize(d)
+        assert not writer.done.wait(0.2)  # the new owner's section still protects
+    finally:
+        leave.set()
+        holder.join()
+    writer.result()
+
+
+def test_collecting_an_old_section_after_the_slot_was_reused_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = aiorcu.Domain(name="late-collect")
+    kept: list[aiorcu.ReadSection] = []
+
+    def leaker() -> None:
+        section = d.read()
+        section.__enter__()
+        kept.append(section)
+
+    t = threading.Thread(target=leaker)
+    t.start()
+    t.join()
+    holder, leave = hold_section(d, "new-owner")
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiorcu"):
+            kept.clear()
+            gc.collect()
+        assert "garbage-collected" not in caplog.text  # it held nothing any more
+        assert d.stats().readers_active == 1
+        writer = background_synchronize(d)
+        assert not writer.done.wait(0.2)
+    finally:
+        leave.set()
+        holder.join()
+    writer.result()
 
 
 def test_thread_exit_inside_a_section_releases_a_waiting_writer(
@@ -219,9 +452,12 @@ def test_thread_exit_inside_a_section_releases_a_waiting_writer(
 ) -> None:
     d = aiorcu.Domain(name="exit-while-waiting")
     entered, go = threading.Event(), threading.Event()
+    kept: list[aiorcu.ReadSection] = []
 
     def leaker() -> None:
-        d.read().__enter__()
+        section = d.read()
+        section.__enter__()
+        kept.append(section)
         entered.set()
         go.wait(HANG_GUARD)  # then ends inside its section
 

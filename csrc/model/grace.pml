@@ -1,79 +1,106 @@
 /*
  * Promela model of aiorcu's grace period (csrc/grace.c, run_grace_period)
- * against one reader thread (aiorcu/_reader.py, ReadSection) that runs two
- * read sections which may nest or overlap, in the same phase or in different
- * ones.  See README.md beside this file for the mapping to the code, the
- * variants and what is abstracted away.
+ * against the reader protocol of csrc/reader.h: one reader thread runs two
+ * read sections, each of which loads the phase when it enters and counts in
+ * (its kind, that phase) until it leaves; a second reader-side thread may
+ * release one of them (aiorcu_section_release, csrc/domain.c); and the
+ * reader thread may exit, its slot released (drop_owner) and claimed by a
+ * new thread that runs the sections not entered yet.  See README.md beside
+ * this file for the mapping to the code, the variants and what is
+ * abstracted away.
  *
  * Memory model.  Each thread's stores go through its own store buffer; a
  * buffered store reaches memory at any later time, and stores to different
  * addresses may reach it out of order (stores to one address keep their
  * order).  A load first looks in its own thread's buffer (store forwarding).
- * On top of that, the reader's two data loads of each section may be
- * performed at any time between the membarrier IPIs (or reader fences) that
- * surround their place in program order: early (before the flag store is
- * visible, before the phase load, before the other section's loads) or late
- * (after the section's flag clear is visible).  A membarrier is one atomic
- * step: it drains both store buffers, performs every reader load whose place
- * in program order is already passed, and discards every early value of a
- * load whose place is not yet reached.
+ * The reader's count updates are relaxed atomic read-modify-writes: each is
+ * buffered as a delta (+1 or -1) that is added to the count in memory, in
+ * one step, when it leaves the buffer, so updates by several threads never
+ * get lost (under -DTSO they are locked instructions, as on x86: they drain
+ * the buffer and reach memory at once).  On top of that, the data loads of
+ * each section may be performed at any time between the membarrier IPIs
+ * (or reader fences) that surround their place in program order: early
+ * (before the increment is visible, before the phase load, before the other
+ * section's loads) or late (after the section's decrement is visible).  A
+ * membarrier is one atomic step: it drains both store buffers, performs
+ * every reader-side load whose place in program order is already passed,
+ * and discards every early value of a load whose place is not yet reached.
  *
- * Safety, checked two ways:
+ * Safety, checked three ways:
  *  - at the writer's `completed` store of grace period k, no section that
- *    loaded a version published before k started (version < k) still has a
- *    data load to perform ("a section that began before the grace period is
- *    still inside when it ends");
- *  - a data load never reads a freed version (use after free).
+ *    loaded a version published before k started (version < k) still has
+ *    a data load to perform ("a section that began before the grace period
+ *    is still inside when it ends");
+ *  - a data load never reads a freed version (use after free);
+ *  - no decrement finds its count at 0 (the counts are 64-bit and never
+ *    wrap in the code; a decrement with no increment to match is a bug).
  *
  * Variants (-D): BUSTED, BUSTED_CLOSED, NO_M1, NO_M3, NO_FLIP_FENCES,
- * TIMEOUT, UNFLIP_ON_TIMEOUT, FENCE_MODE, NO_F1, NO_F2, TSO, NGP=n, and the
- * reachability probes PROBE_OVERLAP, PROBE_STRAGGLER, PROBE_LATE,
- * PROBE_LEFTOVER.  check.sh runs them and says what each must give.
+ * TIMEOUT, UNFLIP_ON_TIMEOUT, FENCE_MODE, NO_F1, NO_F2, TSO, NGP=n, NSEC=3,
+ * NO_FOREIGN, NO_SLOT_RELEASE, BUSTED_GEN, NO_WRAP_CHECK, FOREIGN_NO_F2,
+ * and the reachability probes PROBE_OVERLAP, PROBE_STRAGGLER, PROBE_LATE,
+ * PROBE_LEFTOVER, PROBE_FOREIGN, PROBE_STALE.  check.sh runs them and says
+ * what each must give.
  */
 
 #ifndef NGP
 #define NGP 2                   /* grace periods the writer runs */
 #endif
+#ifndef NSEC
+#define NSEC 2                  /* sections of the reader thread: 2 or 3 */
+#endif
 
-#define SB 4                    /* store-buffer entries per thread */
+#if NSEC > 2
+#define SB 6                    /* store-buffer entries per thread */
+#else
+#define SB 4
+#endif
 #define RD 0                    /* thread ids: the reader thread */
 #define WR 1                    /* the writer (synchronize's caller) */
 
-/* Addresses.  The flag bytes keep the slot layout of csrc/aiorcu.h:
- * flag[AIORCU_FLAG_THREAD + p] and flag[AIORCU_FLAG_TASK + p]. */
+/* Addresses.  The counts keep the layout of struct aiorcu_reader_line:
+ * count[AIORCU_COUNT(kind, phase)] = count[kind * 2 + phase]. */
 #define A_PHASE 0               /* ctl.bytes[AIORCU_CTL_PHASE] */
-#define A_FLAG 1                /* + AIORCU_FLAG_THREAD/TASK + phase */
-#define FLAG_THREAD 0
-#define FLAG_TASK 2
+#define A_COUNT 1               /* + AIORCU_COUNT(kind, phase) */
 #define A_GPTR 5                /* the protected pointer: a version number */
 #define A_FREED 6               /* + version: 1 once the writer freed it */
 #define NADDR (A_FREED + NGP + 1)
 
-byte mem[NADDR];
+#define KIND_THREAD 0           /* `with`: AIORCU_KIND_THREAD */
+#define KIND_TASK 1             /* `async with`: AIORCU_KIND_TASK */
+#define COUNT_OF(s) (A_COUNT + kind[s] * 2 + ph[s])
+
+/* Count deltas in the reader's store buffer (bytes: -1 is 255). */
+#define INC 1
+#define DEC 255
+
+byte mem[NADDR];                /* counts are bytes: at most NSEC here */
 
 byte sb_addr[2 * SB];
 byte sb_val[2 * SB];
 byte sb_len[2];
 
-/* Reader program counter of each section, in program order. */
+/* Program counter of each section, in program order. */
 #define PC_IDLE 0               /* not entered yet */
-#define PC_LOADED 1             /* phase loaded (or joined), flag not stored */
-#define PC_IN 2                 /* entered: count bumped, flag stored if 0->1 */
+#define PC_LOADED 1             /* phase loaded, count not incremented */
+#define PC_IN 2                 /* entered: increment issued (F1 passed) */
 #define PC_L1 3                 /* past the place of L1: v = gptr */
 #define PC_L2 4                 /* past the place of L2: the last use of *v */
-#define PC_OUT 5                /* left: count dropped, flag cleared if 1->0 */
+#define PC_OUT 5                /* left: decrement issued, or nothing to drop */
 
-#define KIND_THREAD 0           /* `with`: ReadSection.__enter__/__exit__ */
-#define KIND_TASK 1             /* `async with`: __aenter__/__aexit__ */
+byte pc[NSEC];
+byte kind[NSEC];
+byte ph[NSEC];                     /* the phase the section counts in */
+byte sgen[NSEC];                   /* the generation of its kind at entry */
+byte l1[NSEC];                     /* 0: L1 not performed; else version + 1 */
+bit l2[NSEC];                      /* L2 performed */
+bit in_enter;                   /* a section is between its phase load and increment */
 
-byte pc[2];
-byte kind[2];
-byte ph[2];                     /* the phase the section counts in */
-byte cnt[4];                    /* Python-side counts per flag index: depth, tasks[p] */
-byte tphase;                    /* ReadSection.phase: phase of the `with` sections */
-byte l1[2];                     /* 0: L1 not performed; else version + 1 */
-bit l2[2];                      /* L2 performed */
-bit in_enter;                   /* a section is between its phase load and flag store */
+/* The foreign release of section 0 and the release of the slot. */
+byte gen[2];                    /* line->gen[kind] (ghost of the registry's state) */
+bit handed;                     /* section 0 left the reader thread */
+bit ft_l2;                      /* ... before its L2: the foreign thread does L2 */
+bit exited;                     /* the slot was released and claimed again */
 
 /* Ghost state of the writer. */
 byte gp_started;                /* `started` */
@@ -82,6 +109,31 @@ bit freed_done[NGP + 1];        /* versions the writer has already freed */
 
 byte sc_i;                      /* scratch for loops inside d_step */
 byte sc_j;
+byte ca;                        /* scratch: the count a decrement hits */
+
+/* ---- counts ---------------------------------------------------------------- */
+
+/* A decrement reaching memory: the count must hold what it drops. */
+inline count_dec(a)
+{
+    ca = a;
+#ifndef NO_WRAP_CHECK
+    assert(mem[ca] > 0);                /* count underflow (64-bit counts never wrap) */
+#endif
+    mem[ca] = (mem[ca] + DEC) % 256;
+    ca = 0
+}
+
+/* A buffered store of thread t reaching memory: the reader buffers count
+ * deltas (atomic read-modify-writes), the writer plain stores. */
+inline mem_apply(t, a, v)
+{
+    if
+    :: t == RD && v == DEC -> count_dec(a)
+    :: t == RD && v == INC -> mem[a] = mem[a] + 1
+    :: else -> mem[a] = v
+    fi
+}
 
 /* ---- store buffers ------------------------------------------------------ */
 
@@ -94,7 +146,8 @@ inline sb_store(st_t, st_a, st_v)
     sb_len[st_t]++
 }
 
-/* Load with store forwarding: the newest buffered store to `a` wins. */
+/* Load with store forwarding: the newest buffered store to `a` wins (only
+ * the writer loads what it stores: the phase byte). */
 inline sb_load(ld_t, ld_a, ld_dst)
 {
     ld_dst = mem[ld_a];
@@ -116,15 +169,17 @@ inline sb_load(ld_t, ld_a, ld_dst)
 #define CAN_DRAIN(t, i) (i < sb_len[t] && \
     (i < 1 || sb_addr[t * SB + 0] != sb_addr[t * SB + i]) && \
     (i < 2 || sb_addr[t * SB + 1] != sb_addr[t * SB + i]) && \
-    (i < 3 || sb_addr[t * SB + 2] != sb_addr[t * SB + i]))
+    (i < 3 || sb_addr[t * SB + 2] != sb_addr[t * SB + i]) && \
+    (i < 4 || sb_addr[t * SB + 3] != sb_addr[t * SB + i]) && \
+    (i < 5 || sb_addr[t * SB + 4] != sb_addr[t * SB + i]))
 #endif
 
 /* Callers wrap this in atomic. */
 inline sb_drain_one(t, i)
 {
-    printf("MSC: thread %d (0 reader, 1 writer): store mem[%d] = %d reaches memory\n", t,
+    printf("MSC: thread %d (0 reader, 1 writer): store mem[%d] (+)= %d reaches memory\n", t,
            sb_addr[t * SB + i], sb_val[t * SB + i]);
-    mem[sb_addr[t * SB + i]] = sb_val[t * SB + i];
+    mem_apply(t, sb_addr[t * SB + i], sb_val[t * SB + i]);
     for (sc_j : i .. SB - 2) {
         sb_addr[t * SB + sc_j] = sb_addr[t * SB + sc_j + 1];
         sb_val[t * SB + sc_j] = sb_val[t * SB + sc_j + 1]
@@ -141,7 +196,7 @@ inline sb_flush(t)
 {
     for (sc_i : 0 .. SB - 1) {
         if
-        :: sc_i < sb_len[t] -> mem[sb_addr[t * SB + sc_i]] = sb_val[t * SB + sc_i]
+        :: sc_i < sb_len[t] -> mem_apply(t, sb_addr[t * SB + sc_i], sb_val[t * SB + sc_i])
         :: else -> skip
         fi;
         sb_addr[t * SB + sc_i] = 0;
@@ -151,29 +206,47 @@ inline sb_flush(t)
     sb_len[t] = 0
 }
 
+/* A count update of the reader thread (relaxed fetch_add / fetch_sub): a
+ * buffered delta; under TSO (x86) a lock-prefixed instruction, which drains
+ * the buffer and reaches memory at once. */
+inline reader_rmw(a, d)
+{
+#ifdef TSO
+    sb_flush(RD);
+    mem_apply(RD, a, d)
+#else
+    sb_store(RD, a, d)
+#endif
+}
+
 /* ---- reader loads ------------------------------------------------------- */
 
 /* L2 dereferences the version L1 loaded: it must not be freed. */
 inline perform_l2(s)
 {
 #ifdef PROBE_LATE
-    /* reachable: L2 performed after its section's flag clear is visible */
-    assert(!(pc[s] == PC_OUT && mem[A_FLAG + (kind[s] == KIND_THREAD -> FLAG_THREAD : FLAG_TASK) + ph[s]] == 0));
+    /* reachable: L2 performed after its section's decrement is in memory */
+    assert(!(pc[s] == PC_OUT && mem[COUNT_OF(s)] == 0));
 #endif
-    printf("MSC: reader performs L2 of section %d (version %d)\n", s, l1[s] - 1);
+    printf("MSC: L2 of section %d performed (version %d)\n", s, l1[s] - 1);
     assert(mem[A_FREED + l1[s] - 1] == 0);      /* use after free */
     l2[s] = 1
 }
 
-/* The reader's side of a full barrier (its fence, or the membarrier IPI):
- * loads placed before it are performed now, early values of loads placed
- * after it are dropped. */
-inline reader_barrier()
+/* The loads' side of a barrier: loads whose place in program order is
+ * passed are performed now; with `drop` (a full barrier, not a release)
+ * early values of loads whose place is still ahead are discarded.  `all`:
+ * the membarrier IPI, which runs on every thread and so also covers the L2
+ * the foreign thread owns; otherwise only the reader thread's own loads. */
+inline reader_loads(drop, all)
 {
-    sb_flush(RD);
-    for (sc_j : 0 .. 1) {
+    for (sc_j : 0 .. NSEC - 1) {
         if
-        :: pc[sc_j] < PC_L1 -> l1[sc_j] = 0; l2[sc_j] = 0   /* early values dropped */
+        :: pc[sc_j] < PC_L1 ->
+            if
+            :: drop -> l1[sc_j] = 0; l2[sc_j] = 0      /* early values dropped */
+            :: else -> skip
+            fi
         :: else ->
             if
             :: l1[sc_j] == 0 ->
@@ -182,16 +255,28 @@ inline reader_barrier()
             :: else -> skip
             fi;
             if
-            :: pc[sc_j] < PC_L2 -> l2[sc_j] = 0
-            :: pc[sc_j] >= PC_L2 && !l2[sc_j] ->
-                printf("MSC: barrier performs L2 of section %d\n", sc_j);
-                assert(mem[A_FREED + l1[sc_j] - 1] == 0);   /* use after free */
-                l2[sc_j] = 1
-            :: else -> skip
+            :: sc_j == 0 && ft_l2 && !all -> skip     /* the foreign thread's load */
+            :: else ->
+                if
+                :: pc[sc_j] < PC_L2 && drop -> l2[sc_j] = 0
+                :: pc[sc_j] >= PC_L2 && !l2[sc_j] ->
+                    printf("MSC: barrier performs L2 of section %d\n", sc_j);
+                    assert(mem[A_FREED + l1[sc_j] - 1] == 0);   /* use after free */
+                    l2[sc_j] = 1
+                :: else -> skip
+                fi
             fi
         fi
     }
     sc_j = 0
+}
+
+/* A full fence of the reader thread (F1/F2 in fence mode; the membarrier
+ * IPI with all = 1). */
+inline reader_barrier(all)
+{
+    sb_flush(RD);
+    reader_loads(1, all)
 }
 
 /* ---- writer barriers ------------------------------------------------------ */
@@ -203,92 +288,64 @@ inline writer_fence()
 }
 
 /* aiorcu__heavy_barrier: membarrier(PRIVATE_EXPEDITED), a full barrier on
- * the writer and on every running reader thread; a plain fence in fence
- * mode, where the readers' own F1/F2 fences pair with it. */
+ * the writer and on every running thread of the process; a plain fence in
+ * fence mode, where the readers' own F1/F2 fences pair with it. */
 inline heavy_barrier(n)
 {
 #ifdef FENCE_MODE
     d_step { printf("MSC: gp %d: M%d (a fence)\n", k, n); sb_flush(WR) }
 #else
-    d_step { printf("MSC: gp %d: M%d (membarrier)\n", k, n); sb_flush(WR); reader_barrier() }
+    d_step { printf("MSC: gp %d: M%d (membarrier)\n", k, n); sb_flush(WR); reader_barrier(1) }
 #endif
 }
 
-/* ---- reader -------------------------------------------------------------- */
+/* ---- reader thread -------------------------------------------------------- */
 
-/* First half of an enter: ReadSection.__enter__ loads ctl[0] unless depth>0
- * (then it joins self.phase); __aenter__ loads ctl[0] unless it is nested
- * in an open task section of the same context (then it joins its phase). */
+/* p = aiorcu_read_phase(ctl): a relaxed load; every section loads it, there
+ * is no joining of an enclosing section's phase. */
 inline enter_load(s)
 {
     if
     :: kind[s] = KIND_THREAD
     :: kind[s] = KIND_TASK
     fi;
-    if
-    :: kind[s] == KIND_THREAD && cnt[FLAG_THREAD + tphase] > 0 ->
-        ph[s] = tphase                          /* depth > 0: join */
-    :: kind[s] == KIND_THREAD && cnt[FLAG_THREAD + tphase] == 0 ->
-        sb_load(RD, A_PHASE, ph[s])             /* p = self.ctl[0] */
-    :: kind[s] == KIND_TASK && kind[1 - s] == KIND_TASK &&
-       pc[1 - s] >= PC_IN && pc[1 - s] < PC_OUT ->
-        ph[s] = ph[1 - s]                       /* nested in the other's context */
-    :: kind[s] == KIND_TASK ->
-        sb_load(RD, A_PHASE, ph[s])             /* p = self.ctl[0] */
-    fi;
-    printf("MSC: section %d (kind %d: 0 with, 1 async with) enters in phase %d\n", s,
-           kind[s], ph[s]);
+    sb_load(RD, A_PHASE, ph[s]);
+    printf("MSC: section %d (kind %d: 0 with, 1 async with) loads phase %d\n", s, kind[s], ph[s]);
     pc[s] = PC_LOADED;
     in_enter = 1
 }
 
-/* Second half: count += 1, and on 0 -> 1 the flag store (plus F1 in fence
- * mode: after the flag store of a `with` entry, after every `async with`
- * entry). */
-inline enter_store(s)
+/* aiorcu_read_count: count[kind, p] += 1 (relaxed fetch_add), then F1;
+ * the entry records line->gen[kind]. */
+inline enter_count(s)
 {
-    f = (kind[s] == KIND_THREAD -> FLAG_THREAD + ph[s] : FLAG_TASK + ph[s]);
-    if
-    :: kind[s] == KIND_THREAD -> tphase = ph[s]  /* self.phase = p (same when joining) */
-    :: else -> skip
-    fi;
-    cnt[f]++;
-    if
-    :: cnt[f] == 1 ->
-        printf("MSC: section %d stores flag %d = 1 (buffered)\n", s, f);
-        sb_store(RD, A_FLAG + f, 1)             /* self.flags[...] = 1 */
-    :: else -> skip
-    fi;
+    printf("MSC: section %d increments count %d\n", s, COUNT_OF(s) - A_COUNT);
+    reader_rmw(COUNT_OF(s), INC);
+    sgen[s] = gen[kind[s]];
 #if defined(FENCE_MODE) && !defined(NO_F1)
-    if
-    :: kind[s] == KIND_TASK || cnt[f] == 1 -> reader_barrier()   /* F1 */
-    :: else -> skip
-    fi;
+    reader_barrier(0);                          /* F1 */
 #endif
     pc[s] = PC_IN;
-    in_enter = 0;
-    f = 0
+    in_enter = 0
 }
 
-/* Leave: count -= 1, and on 1 -> 0 the flag clear (F2 before it in fence
- * mode, inside aiorcu_fence_flag_clear; F3 and the waiting check after it
- * are not modelled, see README). */
+/* The owner's leave (aiorcu_section_leave / section_uncount on the entering
+ * thread): generation check, then aiorcu_read_uncount: F2, count -= 1
+ * (relaxed fetch_sub).  F3 and the waiting byte are not modelled (see
+ * README). */
 inline leave(s)
 {
-    f = (kind[s] == KIND_THREAD -> FLAG_THREAD + ph[s] : FLAG_TASK + ph[s]);
-    cnt[f]--;
     if
-    :: cnt[f] == 0 ->
+    :: gen[kind[s]] == sgen[s] ->
 #if defined(FENCE_MODE) && !defined(NO_F2)
-        reader_barrier();                       /* F2 */
+        reader_barrier(0);                      /* F2 */
 #endif
-        printf("MSC: section %d stores flag %d = 0 (buffered)\n", s, f);
-        sb_store(RD, A_FLAG + f, 0)             /* self.flags[...] = 0 */
-    :: else -> skip
+        printf("MSC: section %d decrements count %d\n", s, COUNT_OF(s) - A_COUNT);
+        reader_rmw(COUNT_OF(s), DEC)
+    :: else ->
+        printf("MSC: section %d leaves a released slot: nothing to drop\n", s)
     fi;
-    printf("MSC: section %d leaves\n", s);
-    pc[s] = PC_OUT;
-    f = 0
+    pc[s] = PC_OUT
 }
 
 /* Passing the place of L1 (v = gptr) and of L2 (the last use of *v) in
@@ -312,6 +369,45 @@ inline pass_l2(s)
     pc[s] = PC_L2
 }
 
+/* Section 0 moves to the foreign thread (a generator resumed there, a task
+ * run by another loop, a section object whose last reference dies there)
+ * after its L1 or its L2.  The hand-over synchronizes the two threads (a
+ * lock, the GIL): a release on the reader thread, so its earlier stores are
+ * visible and its loads whose place is passed are performed; early values
+ * of later loads may stay.  An L2 still ahead is now the foreign thread's
+ * load: an early value the reader thread took for it does not count. */
+inline hand_over()
+{
+    sb_flush(RD);
+    reader_loads(0, 0);
+    if
+    :: pc[0] == PC_L1 -> ft_l2 = 1; l2[0] = 0
+    :: else -> skip
+    fi;
+    printf("MSC: section 0 moves to the foreign thread (before its L2: %d)\n", ft_l2);
+    handed = 1
+}
+
+/* The reader thread exits with section 0 still open on the foreign thread
+ * (all its data uses done), and the slot is released under the registry
+ * lock (drop_owner: counts exchanged with 0, generations bumped); a new
+ * thread claims the slot and runs the sections not entered yet.  Thread
+ * exit and claiming the slot order everything before them: a full barrier
+ * of the reader thread. */
+inline slot_release()
+{
+    reader_barrier(0);
+    mem[A_COUNT + 0] = 0;
+    mem[A_COUNT + 1] = 0;
+    mem[A_COUNT + 2] = 0;
+    mem[A_COUNT + 3] = 0;
+    gen[KIND_THREAD]++;
+    gen[KIND_TASK]++;
+    printf("MSC: the reader thread exits; drop_owner zeroes the counts and bumps the\n");
+    printf("MSC: generations; a new thread claims the slot\n");
+    exited = 1
+}
+
 /* An early value is committed once no barrier of the reader's own program
  * can come between it and the load's place: always in membarrier mode (the
  * reader has no fences), from PC_IN on in fence mode (F1 is in the enter).
@@ -325,66 +421,150 @@ inline pass_l2(s)
 #define COMMITTED(s) 1
 #endif
 
+#define OPEN(s) (pc[s] >= PC_IN && pc[s] < PC_OUT)
+
+/* Section 2 (-DNSEC=3) runs like section 1: on the reader thread only. */
+#if NSEC > 2
+#define S2_DONE (pc[2] == PC_OUT && l2[2])
+#define S2_IDLE_OR_OUT (pc[2] == PC_IDLE || pc[2] == PC_OUT)
+#else
+#define S2_DONE 1
+#define S2_IDLE_OR_OUT 1
+#endif
+
 #define probe_straggler_free(p) \
-    (mem[A_FLAG + FLAG_THREAD + (p)] == 0 && mem[A_FLAG + FLAG_TASK + (p)] == 0)
+    (mem[A_COUNT + KIND_THREAD * 2 + (p)] == 0 && mem[A_COUNT + KIND_TASK * 2 + (p)] == 0)
 
 active proctype reader()
 {
     byte s;
-    byte f;
     do
-    /* Program steps.  An enter runs to its flag store before anything else
-     * of this thread (enter and exit are synchronous calls); other threads
-     * and the memory system may act in between. */
+    /* Program steps.  An enter runs from its phase load to its increment
+     * before anything else of this thread (enter is one synchronous call);
+     * other threads and the memory system may act in between. */
     :: atomic { !in_enter && pc[0] == PC_IDLE -> s = 0; enter_load(s); s = 0 }
     :: atomic { !in_enter && pc[1] == PC_IDLE -> s = 1; enter_load(s); s = 0 }
-    :: d_step { pc[0] == PC_LOADED -> s = 0; enter_store(s); s = 0 }
-    :: d_step { pc[1] == PC_LOADED -> s = 1; enter_store(s); s = 0 }
+    :: d_step { pc[0] == PC_LOADED -> s = 0; enter_count(s); s = 0 }
+    :: d_step { pc[1] == PC_LOADED -> s = 1; enter_count(s); s = 0 }
     :: d_step { !in_enter && pc[0] == PC_IN -> pass_l1(0) }
     :: d_step { !in_enter && pc[1] == PC_IN -> pass_l1(1) }
-    :: d_step { !in_enter && pc[0] == PC_L1 -> pass_l2(0) }
+    :: d_step { !in_enter && !handed && pc[0] == PC_L1 -> pass_l2(0) }
     :: d_step { !in_enter && pc[1] == PC_L1 -> pass_l2(1) }
-    :: d_step { !in_enter && pc[0] == PC_L2 -> s = 0; leave(s); s = 0 }
+    :: d_step { !in_enter && !handed && pc[0] == PC_L2 -> s = 0; leave(s); s = 0 }
     :: d_step { !in_enter && pc[1] == PC_L2 -> s = 1; leave(s); s = 0 }
+#if NSEC > 2
+    :: atomic { !in_enter && pc[2] == PC_IDLE -> s = 2; enter_load(s); s = 0 }
+    :: d_step { pc[2] == PC_LOADED -> s = 2; enter_count(s); s = 0 }
+    :: d_step { !in_enter && pc[2] == PC_IN -> pass_l1(2) }
+    :: d_step { !in_enter && pc[2] == PC_L1 -> pass_l2(2) }
+    :: d_step { !in_enter && pc[2] == PC_L2 -> s = 2; leave(s); s = 0 }
+#endif
+#ifndef NO_FOREIGN
+    :: d_step { !in_enter && !handed && (pc[0] == PC_L1 || pc[0] == PC_L2) -> hand_over() }
+#ifndef NO_SLOT_RELEASE
+    :: d_step { !in_enter && !exited && handed && pc[0] == PC_L2 && l2[0] &&
+                (pc[1] == PC_IDLE || pc[1] == PC_OUT) && S2_IDLE_OR_OUT -> slot_release() }
+#endif
+#endif
 #ifndef TSO
     /* The CPU performing the data loads out of program order: L1 at any
      * time (a value taken before a barrier that precedes L1's place is
      * dropped by that barrier), L2 any time after L1 (address dependency),
-     * both possibly after the section's flag clear. */
+     * both possibly after the section's decrement is visible. */
     :: d_step { l1[0] == 0 -> l1[0] = mem[A_GPTR] + 1;
                 printf("MSC: reader performs L1 of section 0: version %d\n", l1[0] - 1) }
     :: d_step { l1[1] == 0 -> l1[1] = mem[A_GPTR] + 1;
                 printf("MSC: reader performs L1 of section 1: version %d\n", l1[1] - 1) }
-    :: d_step { l1[0] != 0 && !l2[0] && COMMITTED(0) -> perform_l2(0) }
+    :: d_step { l1[0] != 0 && !l2[0] && !ft_l2 && COMMITTED(0) -> perform_l2(0) }
     :: d_step { l1[1] != 0 && !l2[1] && COMMITTED(1) -> perform_l2(1) }
+#if NSEC > 2
+    :: d_step { l1[2] == 0 -> l1[2] = mem[A_GPTR] + 1;
+                printf("MSC: reader performs L1 of section 2: version %d\n", l1[2] - 1) }
+    :: d_step { l1[2] != 0 && !l2[2] && COMMITTED(2) -> perform_l2(2) }
+#endif
 #endif
 #ifdef PROBE_OVERLAP
-    /* reachable: two sections open at once, in different phases */
-    :: atomic { pc[0] >= PC_IN && pc[0] < PC_OUT && pc[1] >= PC_IN && pc[1] < PC_OUT ->
-        assert(ph[0] == ph[1]) }
+    /* reachable: two sections of one kind open at once, in different phases */
+    :: atomic { OPEN(0) && OPEN(1) && kind[0] == kind[1] -> assert(ph[0] == ph[1]) }
 #endif
-    :: pc[0] == PC_OUT && pc[1] == PC_OUT && l2[0] && l2[1] -> break
+    :: pc[0] == PC_OUT && pc[1] == PC_OUT && l2[0] && l2[1] && S2_DONE -> break
+    od
+}
+
+/* ---- foreign thread ------------------------------------------------------- */
+
+/* aiorcu_section_release on a thread that is not the section's owner: under
+ * the registry lock (so one step with respect to drop_owner), if the
+ * generation still matches: F2 (full fence), count -= 1, F3 (full fence).
+ * The foreign thread has nothing else in flight, so its fences reduce to
+ * the decrement reaching memory in this step. */
+inline foreign_release()
+{
+#ifdef PROBE_FOREIGN
+    /* reachable: the owner thread has its other section open meanwhile */
+    assert(!OPEN(1));
+#endif
+#ifdef PROBE_STALE
+    /* reachable: a stale release while the new owner counts in the same place */
+    assert(!(gen[kind[0]] != sgen[0] && OPEN(1) && kind[1] == kind[0] && ph[1] == ph[0]));
+#endif
+    if
+#ifdef BUSTED_GEN
+    :: true ->                                  /* a variant: no generation check */
+#else
+    :: gen[kind[0]] == sgen[0] ->
+#endif
+        printf("MSC: foreign thread releases section 0: count %d -= 1\n", COUNT_OF(0) - A_COUNT);
+        count_dec(COUNT_OF(0))
+    :: else ->
+        printf("MSC: foreign thread: section 0's slot was released, nothing to drop\n")
+    fi;
+    pc[0] = PC_OUT
+}
+
+active proctype foreign()
+{
+end:
+    do
+    /* The section's last use, on this thread (handed over before L2).
+     * F2 follows in program order, so the load is performed here. */
+    :: d_step { handed && pc[0] == PC_L1 ->
+#ifdef FOREIGN_NO_F2
+                printf("MSC: section 0 passes L2 on the foreign thread\n")
+#else
+                perform_l2(0)
+#endif
+                ; pc[0] = PC_L2 }
+#ifdef FOREIGN_NO_F2
+    /* A variant without F2: the foreign thread's L2 may be performed after
+     * its decrement (only a membarrier IPI or a fence of its own orders it). */
+    :: d_step { handed && ft_l2 && pc[0] >= PC_L2 && !l2[0] -> perform_l2(0) }
+    :: d_step { handed && pc[0] == PC_L2 -> foreign_release() }
+#else
+    :: d_step { handed && pc[0] == PC_L2 && l2[0] -> foreign_release() }
+#endif
     od
 }
 
 /* ---- writer ---------------------------------------------------------------- */
 
-/* wait_phase(d, p, ...): returns once a scan_clear pass saw flag[THREAD + p]
- * and flag[TASK + p] both 0.  Modelled as "one load saw THREAD+p == 0, a
- * later load saw TASK+p == 0", which allows every execution of the C loop
- * and a few more (see README).  With TIMEOUT every grace period but the
- * last may give up at any point of a wait (AIORCU_TIMEDOUT). */
+/* wait_phase(d, p, ...): returns once a scan_clear pass saw
+ * count[THREAD, p] and count[TASK, p] both 0.  Modelled as "one load saw
+ * THREAD+p == 0, a later load saw TASK+p == 0", which allows every
+ * execution of the C loop and a few more (see README).  With TIMEOUT every
+ * grace period but the last may give up at any point of a wait
+ * (AIORCU_TIMEDOUT). */
 inline wait_phase(p)
 {
     if
-    :: mem[A_FLAG + FLAG_THREAD + (p)] == 0
+    :: mem[A_COUNT + KIND_THREAD * 2 + (p)] == 0
 #ifdef TIMEOUT
     :: k < NGP -> timed_out = 1
 #endif
     fi;
     if
     :: timed_out -> skip
-    :: atomic { !timed_out && mem[A_FLAG + FLAG_TASK + (p)] == 0 ->
+    :: atomic { !timed_out && mem[A_COUNT + KIND_TASK * 2 + (p)] == 0 ->
         printf("MSC: gp %d saw phase %d empty\n", k, p) }
 #ifdef TIMEOUT
     :: !timed_out && k < NGP -> timed_out = 1
@@ -434,14 +614,14 @@ active proctype writer()
         :: else -> skip
         fi;
 #ifndef NO_FLIP_FENCES
-        writer_fence();                         /* smp_mb before the flip */
+        writer_fence();                         /* progress fence before the flip */
 #endif
         d_step {
             printf("MSC: gp %d flips the phase to %d (buffered)\n", k, 1 - cur);
             sb_store(WR, A_PHASE, 1 - cur)      /* the flip */
         };
 #ifndef NO_FLIP_FENCES
-        writer_fence();                         /* smp_mb after the flip */
+        writer_fence();                         /* progress fence after the flip */
 #endif
 #ifndef BUSTED_CLOSED
         wait_phase(cur);                        /* the phase just closed */
@@ -469,7 +649,11 @@ active proctype writer()
             printf("MSC: gp %d completes\n", k);
             gp_completed = k;
             assert(!(COMMITTED(0) && l1[0] != 0 && l1[0] - 1 < k && !l2[0]));  /* section 0 inside */
-            assert(!(COMMITTED(1) && l1[1] != 0 && l1[1] - 1 < k && !l2[1]))   /* section 1 inside */
+            assert(!(COMMITTED(1) && l1[1] != 0 && l1[1] - 1 < k && !l2[1]));  /* section 1 inside */
+#if NSEC > 2
+            assert(!(COMMITTED(2) && l1[2] != 0 && l1[2] - 1 < k && !l2[2]));  /* section 2 inside */
+#endif
+            skip
         }
         /* The caller frees what the grace period covered: every version
          * older than k (more than one after a timed-out grace period). */
@@ -501,6 +685,10 @@ end:
     :: atomic { CAN_DRAIN(RD, 1) -> sb_drain_one(RD, 1) }
     :: atomic { CAN_DRAIN(RD, 2) -> sb_drain_one(RD, 2) }
     :: atomic { CAN_DRAIN(RD, 3) -> sb_drain_one(RD, 3) }
+#if SB > 4
+    :: atomic { CAN_DRAIN(RD, 4) -> sb_drain_one(RD, 4) }
+    :: atomic { CAN_DRAIN(RD, 5) -> sb_drain_one(RD, 5) }
+#endif
     :: atomic { CAN_DRAIN(WR, 1) -> sb_drain_one(WR, 1) }
     :: atomic { CAN_DRAIN(WR, 2) -> sb_drain_one(WR, 2) }
     :: atomic { CAN_DRAIN(WR, 3) -> sb_drain_one(WR, 3) }

@@ -43,13 +43,23 @@ probe_runtime() {
     exit 1
 }
 
+# core_sources: every csrc/*.c except the CPython extension (hotpath.c, the
+# files that include Python.h); the same set csrc/build_cffi.py compiles.
+core_sources() {
+    local f
+    for f in "$CSRC"/*.c; do
+        grep -q '^#include <Python.h>' "$f" || printf '%s\n' "$f"
+    done
+}
+
 # build OUTPUT FLAGS...: the C core plus the harness.
 build() {
     local out=$1
     shift
-    local t0
+    local t0 srcs
     t0=$(now)
-    if ! "$CC" "$@" -I"$CSRC" "$CSRC"/*.c "$HERE/stress.c" -o "$out" 2>"$out.build.log"; then
+    mapfile -t srcs < <(core_sources)
+    if ! "$CC" "$@" -I"$CSRC" "${srcs[@]}" "$HERE/stress.c" -o "$out" 2>"$out.build.log"; then
         echo "lowlevel: build failed: $CC $* (log: $out.build.log)"
         cat "$out.build.log"
         exit 1
@@ -99,7 +109,7 @@ leg() {
         FAILED=1
         # The head of the first sanitizer report, else the end of the log.
         local first
-        first=$(grep -n -m1 -E '^==[0-9]+==ERROR|^WARNING: ThreadSanitizer|runtime error|VIOLATION|INVARIANT|HANG' "$log" | cut -d: -f1)
+        first=$(grep -n -m1 -E '^==[0-9]+==ERROR|^WARNING: ThreadSanitizer|runtime error|VIOLATION|INVARIANT|HANG|self-test failed' "$log" | cut -d: -f1)
         if [ -n "$first" ]; then
             echo "lowlevel: --- $log, from line $first ---"
             sed -n "1,3p;$((first > 3 ? first : 4)),$((first + 45))p" "$log"
