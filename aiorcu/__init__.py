@@ -16,8 +16,8 @@ from ._errors import (
     RcuUsageError,
     TransactionRejected,
 )
-from ._memory import GuardedMemory
 from ._hotpath import ReadSection
+from ._memory import GuardedMemory
 from ._records import BackendInfo, DomainStatistics
 from ._transaction import BitmapTransaction, CommitReport, Grant, Revoke
 

@@ -41,8 +41,9 @@ class RcuCell(_hotpath.CellBase[T], Generic[T]):
 
     `get()` returns the published object, only inside a read section of
     the cell's domain (else `RcuUsageError`); it is C: one check that the
-    caller is inside a section and a load.  Writers are serialized by a lock of their own, so concurrent
-    `update()` calls never lose each other's changes; readers never touch it.
+    caller is inside a section and a load.  Writers are serialized by a
+    lock of their own, so concurrent `update()` calls never lose each
+    other's changes; readers never touch it.
 
     Args:
         initial: The first published object.
@@ -239,4 +240,3 @@ def _report_lost(retire: object, domain: str) -> None:
         retire,
         domain,
     )
-

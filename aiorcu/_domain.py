@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextvars
+import inspect
 import itertools
 import logging
 import os
 import threading
 import weakref
-import inspect
 from typing import final
 
 import anyio

@@ -178,7 +178,9 @@ class BitmapBase:
             RcuUsageError: The caller is outside any read section of the domain.
             IndexError: The range is not inside the bitmap.
         """
-    def _bind_words(self, domain: DomainBase, owner: object, address: int, pages: int, /) -> None: ...
+    def _bind_words(
+        self, domain: DomainBase, owner: object, address: int, pages: int, /
+    ) -> None: ...
 
 class MemoryBase:
     def read(self, offset: int, length: int, /) -> bytes:

@@ -1,9 +1,10 @@
 """The only module that touches the compiled cffi ``ffi``/``lib``.
 
 Everything above it sees plain Python types: ints, addresses as ints for
-the hot-path extension, and the small `CoreDomain` and `CoreBitmap` wrappers.  The barrier backend is chosen once, here, at
-import: membarrier(2) PRIVATE_EXPEDITED when the kernel has it, plain fences
-when it does not or when ``AIORCU_MEMBARRIER=off``.
+the hot-path extension, and the small `CoreDomain` and `CoreBitmap`
+wrappers.  The barrier backend is chosen once, here, at import:
+membarrier(2) PRIVATE_EXPEDITED when the kernel has it, plain fences when it
+does not or when ``AIORCU_MEMBARRIER=off``.
 """
 
 from __future__ import annotations

@@ -909,7 +909,7 @@ static PyObject *DomainBase_fork_child(DomainBaseObject *d, PyObject *unused)
             SectionObject *s = (SectionObject *)r;
             int keep = atomic_load(&s->state) == STATE_OPEN && s->kind == AIORCU_KIND_TASK &&
                        s->thread == tls.serial && s->line == line && s->context == context &&
-                       s->gen == gen + (uint64_t)pass;
+                       s->gen == gen;
             if (keep && pass == 0)
                 kept[s->phase]++;
             else if (keep)

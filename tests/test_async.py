@@ -16,7 +16,7 @@ import pytest
 import aiorcu
 from aiorcu import _testing, _worker
 
-from .conftest import HANG_GUARD, hold_section
+from .conftest import HANG_GUARD, Background, background_synchronize, hold_section
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fallback]
 
@@ -587,3 +587,86 @@ async def test_async_exit_without_open_section_raises() -> None:
     ):
         await d.read().__aexit__(None, None, None)
     assert d.stats().readers_active == 0
+
+
+# -- sections and contexts -------------------------------------------------------------
+
+
+async def test_async_generator_finished_in_another_task_closes_only_its_own_section() -> None:
+    """Defect: the generator's exit closed the innermost section of the *finishing*
+    task's context, so a grace period completed while that task was inside."""
+    d = aiorcu.Domain(name="agen-elsewhere")
+
+    async def agen() -> AsyncIterator[int]:
+        async with d.read():
+            yield 1
+
+    g = agen()
+    outcome: list[object] = []
+
+    async def starter() -> None:
+        assert await g.__anext__() == 1  # the generator's section, in this task
+
+    async def finisher() -> None:
+        async with d.read():  # the finishing task's own section
+            await g.aclose()  # the generator's section closes here
+            outcome.append(d._inside())
+            outcome.append(d.stats().readers_active)
+            writer = background_synchronize(d)
+            outcome.append(writer.done.wait(0.2))  # must still wait for this section
+        outcome.append(writer)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(starter)
+    async with anyio.create_task_group() as tg:  # a sibling, not a child of starter
+        tg.start_soon(finisher)
+    assert outcome[:3] == [True, 1, False]
+    writer = outcome[3]
+    assert isinstance(writer, Background)
+    writer.result()
+    assert not d._inside() and d.stats().readers_active == 0
+
+
+async def test_a_task_started_inside_a_section_is_inside_until_it_closes() -> None:
+    d = aiorcu.Domain(name="inherit")
+    seen: list[bool] = []
+    outer_left, check_again = anyio.Event(), anyio.Event()
+
+    async def child() -> None:
+        seen.append(d._inside())  # the parent's section is open
+        await outer_left.wait()
+        seen.append(d._inside())  # and now it is not
+        check_again.set()
+
+    async with anyio.create_task_group() as tg:
+        async with d.read():
+            tg.start_soon(child)
+            await anyio.sleep(0.01)
+        outer_left.set()
+        await check_again.wait()
+    assert seen == [True, False]
+
+
+async def test_worker_thread_running_a_copy_of_the_context_is_not_inside(
+    anyio_backend: str,
+) -> None:
+    """Defect: a worker thread running a copy of a task's context counted as inside
+    that task's section, so RcuCell.get() succeeded there unprotected."""
+    d = aiorcu.Domain(name="copied-context")
+    cell = aiorcu.RcuCell("table", domain=d)
+    async with d.read():
+        assert cell.get() == "table"
+        with pytest.raises(aiorcu.RcuUsageError, match="not inside that task's section"):
+            await anyio.to_thread.run_sync(cell.get)
+        assert not await anyio.to_thread.run_sync(d._inside)
+        if anyio_backend == "asyncio":
+            with pytest.raises(aiorcu.RcuUsageError):
+                await asyncio.to_thread(cell.get)
+            loop = asyncio.get_running_loop()
+            ctx = contextvars.copy_context()
+            with pytest.raises(aiorcu.RcuUsageError):
+                await loop.run_in_executor(None, ctx.run, cell.get)
+        # ... and a grace period from such a worker waits for the task, not for itself.
+        writer = background_synchronize(d)
+        assert not writer.done.wait(0.1)
+    writer.result()

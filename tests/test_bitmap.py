@@ -14,7 +14,7 @@ import pydantic
 import pytest
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import _aiorcu_cffi, _testing
 
 from .conftest import HANG_GUARD, STRESS_SECONDS, Background, hold_section, run_race
 
@@ -145,9 +145,7 @@ def test_out_of_range_reads_raise_index_error() -> None:
 
 
 def _lowlevel_nbytes(bitmap: aiorcu.Bitmap) -> int:
-    import aiorcu._aiorcu_cffi as cffi_module
-
-    return int(cffi_module.ffi.sizeof(bitmap._core.words))
+    return int(_aiorcu_cffi.ffi.sizeof(bitmap._core.words))
 
 
 def test_large_bitmap_fits_in_eight_mib() -> None:

@@ -125,7 +125,8 @@ def test_replace_blocking_inside_a_section_raises_and_publishes_nothing() -> Non
     with d.read():
         with pytest.raises(
             aiorcu.RcuUsageError,
-            match=r"RcuCell.replace_blocking\(\) called inside a `with domain.read\(\):` section on this thread",
+            match=r"RcuCell.replace_blocking\(\) called inside a `with domain.read\(\):` "
+            r"section on this thread",
         ):
             cell.replace_blocking("b")
         assert cell.get() == "a"

@@ -34,9 +34,9 @@ import textwrap
 import threading
 import time
 import traceback
-from typing import Any
 from _thread import get_ident
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest

@@ -53,7 +53,8 @@ def test_wait_blocking_timeout_and_misuse() -> None:
         d.read(),
         pytest.raises(
             aiorcu.RcuUsageError,
-            match=r"wait_blocking\(\) called inside a `with domain.read\(\):` section on this thread; it would wait",
+            match=r"wait_blocking\(\) called inside a `with domain.read\(\):` section on this "
+            r"thread; it would wait",
         ),
     ):
         d.wait_blocking(d.snapshot())
@@ -100,3 +101,35 @@ def test_tokens_order_and_share_grace_periods() -> None:
     d.wait_blocking(tokens[-1])
     assert all(d.poll(t) for t in tokens)  # one grace period served them all
     assert d.stats().grace_periods - before == 1
+
+
+def test_tokens_are_checked() -> None:
+    """Defect: poll(-1) and poll(1.5) returned True, wait_blocking(2**64) overflowed."""
+    d = aiorcu.Domain(name="poll-check")
+    d.synchronize_blocking()
+    latest = d.snapshot()
+    for bad in (1.5, "1", None, True, False):
+        with pytest.raises(TypeError, match="a grace-period token is an int"):
+            d.poll(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            d.wait_blocking(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grace-period tokens are never negative; got -1"):
+        d.poll(-1)
+    for beyond in (latest + 1, 2**64, 2**200):
+        with pytest.raises(ValueError, match=rf"token {beyond} was never issued"):
+            d.poll(beyond)
+        with pytest.raises(ValueError, match="was never issued"):
+            d.wait_blocking(beyond)
+    assert d.poll(0) and d.poll(1)  # issued and complete
+    assert not d.poll(latest)  # issued, not complete
+    d.wait_blocking(latest, timeout=float("inf"))
+    assert d.poll(latest)
+
+
+@pytest.mark.anyio
+async def test_async_wait_checks_tokens() -> None:
+    d = aiorcu.Domain(name="poll-check-async")
+    with pytest.raises(TypeError):
+        await d.wait(2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="was never issued"):
+        await d.wait(d.snapshot() + 1)

@@ -5,14 +5,23 @@ from __future__ import annotations
 import contextvars
 import gc
 import logging
+import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 import aiorcu
+from aiorcu import _testing
 
-from .conftest import HANG_GUARD, Background, background_synchronize, hold_section
+from .conftest import (
+    HANG_GUARD,
+    STRESS_SECONDS,
+    Background,
+    background_synchronize,
+    hold_section,
+)
 
 pytestmark = pytest.mark.fallback
 
@@ -86,10 +95,10 @@ def test_many_task_sections_on_one_thread_do_not_wrap() -> None:
     d = aiorcu.Domain(name="wide")
     sections = [d.read() for _ in range(300)]
     contexts = [contextvars.copy_context() for _ in range(300)]
-    for ctx, section in zip(contexts, sections):
+    for ctx, section in zip(contexts, sections, strict=True):
         ctx.run(section.__aenter__)
     assert d.stats().readers_active == 300
-    for ctx, section in zip(contexts[:-1], sections[:-1]):
+    for ctx, section in zip(contexts[:-1], sections[:-1], strict=True):
         ctx.run(section.__aexit__, None, None, None)
     assert d.stats().readers_active == 1
     writer = background_synchronize(d)
@@ -128,6 +137,17 @@ def test_a_section_is_entered_once_and_left_once() -> None:
     d.synchronize_blocking(timeout=HANG_GUARD)
 
 
+def _leave_racing(
+    section: aiorcu.ReadSection, barrier: threading.Barrier, outcomes: list[str]
+) -> None:
+    barrier.wait()
+    try:
+        section.__exit__(None, None, None)
+        outcomes.append("won")
+    except aiorcu.RcuUsageError as exc:
+        outcomes.append("already" if "left already" in str(exc) else "foreign")
+
+
 def test_racing_exits_close_a_section_exactly_once() -> None:
     """Two threads race to leave one section: one wins, the other raises; one decrement."""
     d = aiorcu.Domain(name="race-exit")
@@ -138,18 +158,9 @@ def test_racing_exits_close_a_section_exactly_once() -> None:
             section.__enter__()
             barrier = threading.Barrier(2)
             outcomes: list[str] = []
-
-            def leave_it(s: aiorcu.ReadSection = section) -> None:
-                barrier.wait()
-                try:
-                    s.__exit__(None, None, None)
-                    outcomes.append("won")
-                except aiorcu.RcuUsageError as exc:
-                    outcomes.append("already" if "left already" in str(exc) else "foreign")
-
-            other = threading.Thread(target=leave_it)
+            other = threading.Thread(target=_leave_racing, args=(section, barrier, outcomes))
             other.start()
-            leave_it()
+            _leave_racing(section, barrier, outcomes)
             other.join()
             # This thread's exit either won, or lost to the other thread;
             # the other thread's win is a foreign exit (it raises too).
@@ -178,8 +189,10 @@ def test_leaving_on_another_thread_raises_and_releases_at_once() -> None:
     assert other.finished()
     assert isinstance(other.error, aiorcu.RcuUsageError)
     message = str(other.error)
-    assert "a `with` read section of domain 'move' entered on thread 'MainThread' was left on "
-    "thread 'other'" in message
+    assert (
+        "a `with` read section of domain 'move' entered on thread 'MainThread' was left on "
+        "thread 'other'" in message
+    )
     assert "it was released at once" in message
     assert "leave a section on the thread that entered it" in message
     # Released at once: this thread (the owner) does nothing more, yet grace
@@ -508,3 +521,115 @@ def test_slots_are_reused_by_new_threads() -> None:
     leave.set()
     writer.result()
     holder.join()
+
+
+# -- code that runs between two bytecodes ----------------------------------------------
+
+
+class _Box:
+    __slots__ = ("retired",)
+
+    def __init__(self) -> None:
+        self.retired = False
+
+
+def _retire(box: _Box) -> None:
+    box.retired = True
+
+
+def _signal_storm(d: aiorcu.Domain, seconds: float, busted: bool) -> tuple[int, int]:
+    """Signal handlers open sections and read an RcuCell while the main thread does
+    the same and a writer replaces and retires the object.  Returns (reads,
+    violations): reads of an object already retired."""
+    cell: aiorcu.RcuCell[_Box] = aiorcu.RcuCell(_Box(), domain=d)
+    if busted:
+        _testing.set_busted(d)
+    stop = threading.Event()
+    reads, violations = [0], [0]
+
+    def read_once() -> None:
+        with d.read():
+            box = cell.get()
+            if box.retired:
+                violations[0] += 1
+            reads[0] += 1
+            if box.retired:
+                violations[0] += 1
+
+    def handler(signum: int, frame: object) -> None:
+        read_once()
+
+    def writer() -> None:
+        while not stop.is_set():
+            cell.replace_blocking(_Box(), retire=_retire)
+
+    old = signal.signal(signal.SIGALRM, handler)
+    w = threading.Thread(target=writer, name="replacer")
+    w.start()
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (busted and violations[0]):
+            for _ in range(1000):
+                read_once()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        stop.set()
+        w.join(HANG_GUARD)
+    return reads[0], violations[0]
+
+
+@pytest.mark.stress
+def test_signal_handlers_that_open_sections_leave_no_reader_unprotected() -> None:
+    """Defect (fence mode): a handler that opened a section between a section's flag
+    store and its bookkeeping left sections unprotected, or a flag leaked."""
+    d = aiorcu.Domain(name="signals")
+    reads, violations = _signal_storm(d, min(STRESS_SECONDS, 5), busted=False)
+    assert reads > 10_000 and violations == 0, (reads, violations)
+    assert d.stats().readers_active == 0  # nothing leaked
+    d.synchronize_blocking(timeout=HANG_GUARD)
+
+
+@pytest.mark.stress
+def test_negative_control_busted_signal_storm_is_caught() -> None:
+    d = aiorcu.Domain(name="signals-busted")
+    _reads, violations = _signal_storm(d, max(STRESS_SECONDS, 5), busted=True)
+    assert violations > 0
+
+
+def test_finalizers_that_open_sections_during_section_entry_leave_counts_right() -> None:
+    """Garbage collection runs finalizers at allocations: here inside read() and
+    `async with` entry, and each finalizer opens sections of its own."""
+    d = aiorcu.Domain(name="finalizers")
+    opened = [0]
+
+    class Opens:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: freed by the collector, at an allocation
+
+        def __del__(self) -> None:
+            with d.read():
+                opened[0] += 1
+            ctx = contextvars.copy_context()
+            section = d.read()
+            ctx.run(section.__aenter__)
+            ctx.run(section.__aexit__, None, None, None)
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(10, 1, 1)
+    try:
+        for _ in range(20_000):
+            Opens()
+            with d.read():
+                ctx = contextvars.copy_context()
+                section = d.read()
+                ctx.run(section.__aenter__)
+                ctx.run(section.__aexit__, None, None, None)
+    finally:
+        gc.set_threshold(*threshold)
+    gc.collect()
+    assert opened[0] > 1000
+    assert d.stats().readers_active == 0
+    assert not d._inside()
+    d.synchronize_blocking(timeout=HANG_GUARD)
