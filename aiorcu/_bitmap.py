@@ -262,7 +262,7 @@ class BitmapTransactionBuilder:
     Single use: after its block ends, `grant()` and `revoke()` refuse.
     """
 
-    __slots__ = ("_bitmap", "_done", "_label", "_ops", "_sync", "report")
+    __slots__ = ("_bitmap", "_done", "_label", "_ops", "_report", "_sync")
 
     def __init__(self, bitmap: Bitmap, sync: SyncMode, label: str | None) -> None:
         BitmapTransaction(sync=sync, label=label)  # malformed sync/label fail here
@@ -271,8 +271,26 @@ class BitmapTransactionBuilder:
         self._label = label
         self._ops: list[Grant | Revoke] = []
         self._done = False
-        self.report: CommitReport | None = None
-        """The commit's report once the block ended normally; None before."""
+        self._report: CommitReport | None = None
+
+    @property
+    def report(self) -> CommitReport:
+        """The commit's report, once the block has ended and committed.
+
+        Raises:
+            RcuUsageError: The block has not ended yet, or it raised (or was
+                cancelled before applying), so nothing was committed.
+        """
+        if self._report is None:
+            raise RcuUsageError(
+                "this transaction has no report: "
+                + (
+                    "its block ended without committing (it raised or was cancelled)"
+                    if self._done
+                    else "read tx.report after the `with bitmap.transaction() as tx:` block"
+                )
+            )
+        return self._report
 
     @property
     def ops(self) -> tuple[Grant | Revoke, ...]:
@@ -323,7 +341,7 @@ class BitmapTransactionBuilder:
     ) -> None:
         self._done = True
         if exc_type is None:
-            self.report = self._bitmap.commit_blocking(self.build())
+            self._report = self._bitmap.commit_blocking(self.build())
 
     async def __aenter__(self) -> BitmapTransactionBuilder:
         return self._begin()
@@ -336,4 +354,4 @@ class BitmapTransactionBuilder:
     ) -> None:
         self._done = True
         if exc_type is None:
-            self.report = await self._bitmap.commit(self.build())
+            self._report = await self._bitmap.commit(self.build())

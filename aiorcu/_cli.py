@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from . import __version__
+
 SUBCOMMANDS = {
     "info": ("aiorcu._info", "show the barrier backend, membarrier status and CPU count"),
     "demo": ("aiorcu._demo", "threads and tasks read while a writer synchronizes; prints stats"),
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aiorcu",
         description="aiorcu: read-copy-update for asyncio, trio and threads.",
     )
+    parser.add_argument("--version", action="version", version=f"aiorcu {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

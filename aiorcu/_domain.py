@@ -18,7 +18,7 @@ from ._errors import GracePeriodTimeout, RcuUsageError
 from ._grace import GraceRunner, stall_seconds, timeout_ns
 from ._hotpath import ReadSection
 from ._records import BackendInfo, DomainStatistics
-from ._worker import GraceWorker, Waiter, threadsafe_setter
+from ._worker import GraceWorker, Waiter, loop_on_this_thread, threadsafe_setter
 
 logger = logging.getLogger("aiorcu")
 
@@ -72,6 +72,7 @@ class Domain(_hotpath.DomainBase):
         core = self._grace.core
         self._bind(core, self._var, *core.hotpath_binding())
         self._worker = GraceWorker(self.name, self._grace.run_for_worker, core.completed)
+        self._warned_loop = False  # blocking on an event-loop thread: warned once
         self._callbacks = _callbacks.CallbackWorker(
             self.name, self._grace.run_for_callbacks, self._set_callbacks, self._set_idle
         )
@@ -179,7 +180,20 @@ class Domain(_hotpath.DomainBase):
     def _wait_blocking(self, target: int, ns: int, timeout: float | None) -> None:
         if self._grace.core.completed() >= target:
             return
-        if not self._grace.run(target, ns, caller_slot=self._threads.current_slot()):
+        slot = self._threads.current_slot()
+        if not self._warned_loop and not self._grace.run(target, try_only=True, caller_slot=slot):
+            loop = loop_on_this_thread()
+            if loop is not None:
+                self._warned_loop = True
+                logger.warning(
+                    "a blocking grace period of domain %r is waiting for a reader on another "
+                    "thread while this thread runs %s event loop, which is blocked until "
+                    "it ends; in async code use `await domain.synchronize()` (warned once "
+                    "per domain)",
+                    self.name,
+                    "an asyncio" if loop == "asyncio" else "a trio",
+                )
+        if not self._grace.run(target, ns, caller_slot=slot):
             raise GracePeriodTimeout(
                 f"grace period of domain {self.name!r} did not complete within {timeout} s; "
                 f"still inside: {self._grace.describe_blocking() or 'nobody now'}. The domain "

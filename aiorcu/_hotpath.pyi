@@ -1,13 +1,22 @@
 """Type stub of the C extension ``aiorcu._hotpath`` (csrc/hotpath.c): the read path."""
 
 import contextvars
+import sys
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, final
 
-from typing_extensions import Buffer
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+else:
+    from typing_extensions import Buffer
+if sys.version_info >= (3, 11):
+    from typing import TypeVarTuple, Unpack
+else:
+    from typing_extensions import TypeVarTuple, Unpack
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 def configure(
     thread_serial_address: int,
@@ -80,7 +89,9 @@ class DomainBase:
         Returns:
             A new `ReadSection`, entered by the ``with``/``async with``.
         """
-    def call_after_grace_period(self, fn: Callable[..., object], /, *args: Any) -> None:
+    def call_after_grace_period(
+        self, fn: Callable[[Unpack[_Ts]], object], /, *args: Unpack[_Ts]
+    ) -> None:
         """Runs ``fn(*args)`` on the domain's callback thread after a grace period.
 
         The way to retire an object without blocking a writer: publish the

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 
+from . import __version__
 from ._domain import backend_info
 
 
@@ -17,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     info = backend_info()
     facts = {
+        "version": __version__,
         "backend": info.mechanism,
         "membarrier": info.membarrier,
         "fallback_reason": info.reason,

@@ -195,6 +195,17 @@ class CoreDomain:
         lib.aiorcu_domain_set_stall(self._d, first_ns, max_ns)
 
 
+def describe_size(nbytes: int) -> str:
+    """``"137,438,953,472 bytes (128 GiB)"``: exact, and readable."""
+    unit, value = "bytes", float(nbytes)
+    for name in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        unit, value = name, value / 1024
+    readable = f" ({value:,.0f} {unit})" if unit != "bytes" else ""
+    return f"{nbytes:,} bytes{readable}"
+
+
 class CoreBitmap:
     """The words of a page bitmap, in C memory, and the C commit routine.
 
@@ -213,8 +224,8 @@ class CoreBitmap:
             self.words: Any = ffi.new("uint64_t[]", nwords)
         except MemoryError:
             raise MemoryError(
-                f"aiorcu: a bitmap of {pages} pages needs {nwords * 8:,} bytes, which could not "
-                "be allocated"
+                f"aiorcu: a bitmap of {pages:,} pages needs {describe_size(nwords * 8)}, which "
+                "could not be allocated"
             ) from None
         self.address = int(ffi.cast("uintptr_t", self.words))
         self.pages = pages

@@ -8,6 +8,7 @@ from . import _hotpath
 from ._bitmap import Bitmap
 from ._domain import Domain
 from ._errors import AccessDenied
+from ._lowlevel import describe_size
 
 
 @final
@@ -55,8 +56,8 @@ class GuardedMemory(_hotpath.MemoryBase):
             buffer = bytearray(size)
         except MemoryError:
             raise MemoryError(
-                f"GuardedMemory of {pages} pages of {page_size} bytes needs {size:,} bytes, "
-                "which could not be allocated"
+                f"GuardedMemory of {pages:,} pages of {page_size:,} bytes needs "
+                f"{describe_size(size)}, which could not be allocated"
             ) from None
         self._bitmap = Bitmap(pages, domain=domain, initial=initial)
         self._domain = self._bitmap.domain

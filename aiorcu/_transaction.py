@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, final
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Final, Literal, NoReturn, final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -42,7 +43,7 @@ class Grant(BaseModel):
     malformed request cannot be read as a different range than it says.
     """
 
-    model_config = _FROZEN
+    model_config: ClassVar[ConfigDict] = _FROZEN
 
     op: Literal["grant"] = "grant"
     start: _Start
@@ -59,7 +60,7 @@ class Revoke(BaseModel):
     with ``sync="auto"`` it waits for a grace period before it returns.
     """
 
-    model_config = _FROZEN
+    model_config: ClassVar[ConfigDict] = _FROZEN
 
     op: Literal["revoke"] = "revoke"
     start: _Start
@@ -81,8 +82,10 @@ class BitmapTransaction(BaseModel):
     `Bitmap.commit()` or `Bitmap.commit_blocking()`, or let
     `Bitmap.transaction()` build and commit it for you.
 
-    Ops apply in order, so the last op that covers a page decides it.  A
-    transaction that is well formed but does not fit a bitmap (an op past
+    Ops apply in order, so the last op that covers a page decides it.  An
+    empty transaction is valid and changes nothing (its commit reports
+    zeros and never waits, unless ``sync="always"``).  A transaction that
+    is well formed but does not fit a bitmap (an op past
     its last page) is refused by the commit with `TransactionRejected`, and
     nothing is applied.
 
@@ -95,7 +98,7 @@ class BitmapTransaction(BaseModel):
         ```
     """
 
-    model_config = _FROZEN
+    model_config: ClassVar[ConfigDict] = _FROZEN
 
     ops: tuple[Op, ...] = Field(default=(), max_length=MAX_OPS)
     """The operations, applied in order (at most 2**20)."""
@@ -107,6 +110,20 @@ class BitmapTransaction(BaseModel):
     caller must wait for a grace period itself before acting on a revocation."""
     label: _Label | None = None
     """Free text carried into the report and logs."""
+
+    def __init__(
+        self,
+        *,
+        ops: Sequence[Grant | Revoke | Mapping[str, Any]] = (),
+        sync: SyncMode = "auto",
+        label: str | None = None,
+        **extra: NoReturn,
+    ) -> None:
+        # Spelled out so that type checkers accept plain mappings as ops, as
+        # pydantic does (they are validated into Grant and Revoke models).
+        # Any other keyword is a type error, and at run time pydantic's
+        # ValidationError (extra="forbid").
+        super().__init__(ops=ops, sync=sync, label=label, **extra)
 
 
 @final
@@ -120,7 +137,7 @@ class CommitReport(BaseModel):
     value.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True)
 
     pages_granted: int = Field(ge=0)
     """Pages that went from inaccessible to accessible."""

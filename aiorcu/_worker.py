@@ -38,6 +38,18 @@ class Waiter:
         self.error: BaseException | None = None
 
 
+def loop_on_this_thread() -> str | None:
+    """``"asyncio"`` or ``"trio"`` when this thread runs an event loop, else None."""
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+            return "trio"
+        except RuntimeError:
+            pass
+    return "asyncio" if asyncio._get_running_loop() is not None else None
+
+
 def current_library() -> str:
     """``"trio"`` or ``"asyncio"``: the event loop running the calling task."""
     trio = sys.modules.get("trio")

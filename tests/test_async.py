@@ -670,3 +670,19 @@ async def test_worker_thread_running_a_copy_of_the_context_is_not_inside(
         writer = background_synchronize(d)
         assert not writer.done.wait(0.1)
     writer.result()
+
+
+async def test_blocking_grace_period_on_a_loop_thread_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = aiorcu.Domain(name="loop-blocker")
+    d.synchronize_blocking()  # nobody to wait for: no warning
+    for _ in range(2):
+        holder, leave = hold_section(d, "other-thread")
+        threading.Timer(0.05, leave.set).start()
+        with caplog.at_level(logging.WARNING, logger="aiorcu"):
+            d.synchronize_blocking(timeout=HANG_GUARD)  # blocks this loop until it leaves
+        holder.join()
+    warnings = [r.getMessage() for r in caplog.records if "event loop" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "use `await domain.synchronize()`" in warnings[0]

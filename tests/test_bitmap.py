@@ -148,6 +148,21 @@ def _lowlevel_nbytes(bitmap: aiorcu.Bitmap) -> int:
     return int(_aiorcu_cffi.ffi.sizeof(bitmap._core.words))
 
 
+def test_a_bitmap_too_large_for_memory_says_how_much_it_wanted() -> None:
+    with pytest.raises(
+        MemoryError,
+        match=r"a bitmap of 1,099,511,627,776 pages needs "
+        r"137,438,953,472 bytes \(128 GiB\), which could not be allocated",
+    ):
+        aiorcu.Bitmap(2**40)
+    with pytest.raises(
+        MemoryError,
+        match=r"GuardedMemory of 1,048,576 pages of 1,048,576 bytes "
+        r"needs 1,099,511,627,776 bytes \(1 TiB\)",
+    ):
+        aiorcu.GuardedMemory(2**20, page_size=2**20)
+
+
 def test_large_bitmap_fits_in_eight_mib() -> None:
     pages = 2**26  # 256 GiB of 4 KiB pages
     bitmap = aiorcu.Bitmap(pages, initial=True)
@@ -294,8 +309,9 @@ def test_transaction_block() -> None:
         tx.revoke(0, 100)
         tx.grant(10, 5)
         assert [op.op for op in tx.ops] == ["revoke", "grant"]
-        assert tx.report is None
-    assert tx.report is not None and tx.report.pages_revoked == 95 and tx.report.label == "evict"
+        with pytest.raises(aiorcu.RcuUsageError, match="read tx.report after the"):
+            _ = tx.report
+    assert tx.report.pages_revoked == 95 and tx.report.label == "evict"
     assert tx.build().ops == tx.ops
     with pytest.raises(aiorcu.RcuUsageError, match="has ended"):
         tx.revoke(0, 1)
@@ -303,13 +319,16 @@ def test_transaction_block() -> None:
     with pytest.raises(RuntimeError, match="changed my mind"), bitmap.transaction() as tx2:
         tx2.revoke(100, 900)
         raise RuntimeError("changed my mind")
-    assert tx2.report is None
+    with pytest.raises(aiorcu.RcuUsageError, match="ended without committing"):
+        _ = tx2.report
     assert _accessible(bitmap) == set(range(1024)) - set(range(100)) | set(range(10, 15))
 
     with pytest.raises(aiorcu.TransactionRejected, match="op 1"), bitmap.transaction() as tx3:
         tx3.revoke(200, 1)
         tx3.grant(1000, 25)  # checked when added
-    assert tx3.report is None and 200 in _accessible(bitmap)
+    with pytest.raises(aiorcu.RcuUsageError, match="ended without committing"):
+        _ = tx3.report
+    assert 200 in _accessible(bitmap)
     with pytest.raises(pydantic.ValidationError):
         bitmap.transaction(sync="sometimes")  # type: ignore[arg-type]
     with pytest.raises(pydantic.ValidationError), bitmap.transaction() as tx4:
@@ -326,7 +345,7 @@ async def test_async_commit_and_block() -> None:
     assert report.synchronized and report.pages_revoked == 8
     async with bitmap.transaction(label="blk") as tx:
         tx.grant(0, 4)
-    assert tx.report is not None and tx.report.pages_granted == 4
+    assert tx.report.pages_granted == 4
     with pytest.raises(KeyError):
         async with bitmap.transaction() as tx2:
             tx2.revoke(0, 64)

@@ -349,7 +349,8 @@ class BitmapMachine(RuleBasedStateMachine):
             else:
                 anyio.run(self.bitmap.commit, make_tx(ops, sync), backend=how)
         if how == "builder":
-            assert tx.report is None
+            with pytest.raises(aiorcu.RcuUsageError, match="ended without committing"):
+                _ = tx.report
             assert tx.ops == make_tx(prefix).ops
         assert info.value.index == len(prefix)
         assert info.value.op == make_tx([bad]).ops[0]
@@ -362,7 +363,8 @@ class BitmapMachine(RuleBasedStateMachine):
             for op, start, count in ops:
                 (tx.grant if op == "grant" else tx.revoke)(start, count)
             raise _Boom
-        assert tx.report is None
+        with pytest.raises(aiorcu.RcuUsageError, match="ended without committing"):
+            _ = tx.report
         with pytest.raises(aiorcu.RcuUsageError, match="this bitmap transaction has ended"):
             tx.grant(0, 1)
 

@@ -6,6 +6,9 @@ the line(s) just before a block changes how it runs, visibly in the source:
 
 ``<!-- skip: REASON -->``
     not run; the reason is mandatory and shows in the pytest report.
+``<!-- fragment: REASON -->``
+    a piece of a program, shown for reading: not run and not type-checked
+    (``test_docs_types.py``); the reason is mandatory.
 ``<!-- requires: aiorcu.Name -->``
     skipped, naming what is missing, while the package does not export
     ``Name`` (features still being built); runs as soon as it does.
@@ -37,7 +40,9 @@ DOCS = ROOT / "docs"
 TIMEOUT = 120
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
-_MARKER = re.compile(r"^\s*<!--\s*(?P<kind>skip|requires|run)\s*:?\s*(?P<arg>.*?)\s*-->\s*$")
+_MARKER = re.compile(
+    r"^\s*<!--\s*(?P<kind>skip|fragment|requires|run)\s*:?\s*(?P<arg>.*?)\s*-->\s*$"
+)
 _PYTHON = {"python", "py", "python3"}
 
 
@@ -147,8 +152,8 @@ def test_doc_block_runs(block: Block, tmp_path: Path) -> None:
     # Even a block that is skipped below must at least be valid Python.
     compile(block.code, block.id, "exec")
     for kind, arg in block.markers:
-        if kind == "skip":
-            assert arg, f"{block.id}: a skip marker needs a reason: <!-- skip: why -->"
+        if kind in ("skip", "fragment"):
+            assert arg, f"{block.id}: a {kind} marker needs a reason: <!-- {kind}: why -->"
             pytest.skip(f"{block.id}: {arg}")
         if kind == "requires":
             assert arg.startswith("aiorcu."), f"{block.id}: requires names aiorcu.Something"
