@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 STRESS_SECONDS ?= 10
 
-.PHONY: install demo test lint typecheck pytest torture csan tsan model docs docs-check bench soak clean
+.PHONY: install demo test lint typecheck pytest package-check compat torture csan tsan model docs docs-check bench soak clean
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/python examples/page_visibility/service.py --demo
 
 # Every check, in the order a failure is cheapest to see.
-test: install lint typecheck pytest torture csan model docs-check
+test: install lint typecheck pytest package-check compat torture csan model docs-check
 
 lint: install
 	$(BIN)/ruff check aiorcu tests examples csrc
@@ -34,6 +34,17 @@ typecheck: install
 pytest: install
 	AIORCU_STRESS_SECONDS=$(STRESS_SECONDS) $(BIN)/pytest -q
 	AIORCU_MEMBARRIER=off AIORCU_STRESS_SECONDS=2 $(BIN)/pytest -q -m "stress or fallback" tests
+
+# The sdist and the wheel, each installed into a bare venv (no extras): the
+# import, `aiorcu --version`, `aiorcu info`, a short asyncio script, and the
+# public API's type completeness (pyright --verifytypes, at least 95%).
+package-check: install
+	PYRIGHT=$(abspath $(BIN))/pyright bash tests/packaging/check.sh $(PYTHON)
+
+# The core tests under the other CPython versions installed here (3.10,
+# 3.12, 3.13), each in its own venv under .venv-compat/.
+compat:
+	bash tests/compat/run.sh
 
 torture: install
 	$(BIN)/aiorcu torture --seconds 10 --jitter
@@ -69,4 +80,5 @@ soak: install
 	$(BIN)/aiorcu torture --seconds 600 --report-rss
 
 clean:
-	rm -rf build site tests/lowlevel/build csrc/build csrc/*.o aiorcu/*.so aiorcu/_aiorcu_cffi.c
+	rm -rf build site tests/lowlevel/build csrc/build csrc/*.o aiorcu/*.so aiorcu/_aiorcu_cffi.c \
+		.venv-compat

@@ -231,7 +231,7 @@ class Bitmap(_hotpath.BitmapBase):
         if revoked:
             # Taken after the stores: its grace period orders them before
             # every reader it waits for (snapshot() fences; M1 pairs with
-            # the readers' flag stores).
+            # the readers' count increments, F1).
             self._flush_token = self._domain.snapshot()
         if sync == "always":
             return granted, revoked, self._domain.snapshot()

@@ -181,9 +181,10 @@ class Domain(_hotpath.DomainBase):
         if self._grace.core.completed() >= target:
             return
         slot = self._threads.current_slot()
-        if not self._warned_loop and not self._grace.run(target, try_only=True, caller_slot=slot):
-            loop = loop_on_this_thread()
-            if loop is not None:
+        if not self._warned_loop and (loop := loop_on_this_thread()) is not None:
+            # This thread holds no section (checked before): any open one is
+            # another thread's, and this event loop will stop while we wait.
+            if self._grace.core.stats()["sections_open"]:
                 self._warned_loop = True
                 logger.warning(
                     "a blocking grace period of domain %r is waiting for a reader on another "

@@ -140,6 +140,12 @@ class CoreDomain:
         dropped = int(lib.aiorcu_slot_release(self._d, slot, owner))
         return None if dropped == NOT_OWNER else dropped
 
+    def slot_release_if_dead(self, slot: int) -> tuple[int, int] | None:
+        """Releases the slot if its owner provably exited: ``(owner serial, sections dropped)``."""
+        owner = ffi.new("uint64_t *")
+        dropped = int(lib.aiorcu_slot_release_if_dead(self._d, slot, owner))
+        return None if dropped == NOT_OWNER else (int(owner[0]), dropped)
+
     def slot_owner_dead(self, slot: int) -> bool:
         """Whether the slot's owner thread has provably exited."""
         return bool(lib.aiorcu_slot_owner_dead(self._d, slot))

@@ -136,6 +136,20 @@ class ThreadRegistry:
         dropped = self._core.slot_release(slot, serial)
         if dropped is None:
             return None
+        self._forget(slot, serial, dropped, how)
+        return dropped
+
+    def release_if_dead(self, slot: int) -> bool:
+        """Releases ``slot`` when its owner thread has provably exited."""
+        released = self._core.slot_release_if_dead(slot)
+        if released is None:
+            return False
+        serial, dropped = released
+        self._forget(slot, serial, dropped, "has exited")
+        return True
+
+    def _forget(self, slot: int, serial: int, dropped: int, how: str) -> None:
+        """The registry's side of a release: the owner is gone; report open sections."""
         with self._lock:
             info = self._threads.get(slot)
             if info is not None and info.serial == serial:
@@ -151,14 +165,6 @@ class ThreadRegistry:
                 dropped,
                 self._name,
             )
-        return dropped
-
-    def release_if_dead(self, slot: int) -> bool:
-        """Releases ``slot`` when its owner thread has provably exited."""
-        if not self._core.slot_owner_dead(slot):
-            return False
-        owner, _ = self._core.slot_counts(slot)
-        return self.release(slot, owner, "has exited") is not None
 
     def name_of(self, serial: int) -> str | None:
         """The name of the thread with this serial, if it registered here."""

@@ -138,6 +138,10 @@ void *aiorcu_slot_line(struct aiorcu_domain *d, int slot);
 uint64_t aiorcu_slot_release(struct aiorcu_domain *d, int slot, uint64_t owner);
 /* 1 when the slot's owner thread has provably exited, else 0. */
 int aiorcu_slot_owner_dead(struct aiorcu_domain *d, int slot);
+/* Releases the slot if its owner has provably exited, in one step; returns
+ * the sections dropped (and the owner's serial in *owner), or
+ * AIORCU_NOT_OWNER when the owner is alive or the slot is free. */
+uint64_t aiorcu_slot_release_if_dead(struct aiorcu_domain *d, int slot, uint64_t *owner);
 /* The slot's owner serial and counts (reports). */
 uint64_t aiorcu_slot_counts(struct aiorcu_domain *d, int slot, uint64_t out[AIORCU_NCOUNTS]);
 /* Releases one section from any thread, under the registry lock: unless the

@@ -57,6 +57,7 @@ int aiorcu_slot_alloc(struct aiorcu_domain *d, uint64_t owner_tid);
 void *aiorcu_slot_line(struct aiorcu_domain *d, int slot);
 uint64_t aiorcu_slot_release(struct aiorcu_domain *d, int slot, uint64_t owner);
 int aiorcu_slot_owner_dead(struct aiorcu_domain *d, int slot);
+uint64_t aiorcu_slot_release_if_dead(struct aiorcu_domain *d, int slot, uint64_t *owner);
 uint64_t aiorcu_slot_counts(struct aiorcu_domain *d, int slot, uint64_t out[4]);
 int aiorcu_section_release(struct aiorcu_domain *d, void *line, int kind, int phase,
                            uint64_t gen);

@@ -250,6 +250,26 @@ uint64_t aiorcu_slot_release(struct aiorcu_domain *d, int slot, uint64_t owner)
     return open;
 }
 
+uint64_t aiorcu_slot_release_if_dead(struct aiorcu_domain *d, int slot, uint64_t *owner)
+{
+    /* One step under the registry lock: a slot released and claimed again
+     * between a check and a release would otherwise lose a live owner. */
+    uint64_t open = AIORCU_NOT_OWNER;
+    *owner = 0;
+    pthread_mutex_lock(&d->registry_lock);
+    if (aiorcu__slot_valid(d, slot)) {
+        struct aiorcu_slot *s = aiorcu__slot(d, slot);
+        if (s->in_use && s->life && aiorcu__thread_dead(s->life)) {
+            *owner = atomic_load_explicit(&s->line.owner, memory_order_relaxed);
+            open = drop_owner(d, s);
+        }
+    }
+    pthread_mutex_unlock(&d->registry_lock);
+    if (open != AIORCU_NOT_OWNER)
+        aiorcu_wake(d);
+    return open;
+}
+
 int aiorcu_slot_owner_dead(struct aiorcu_domain *d, int slot)
 {
     int dead = 0;

@@ -24,6 +24,26 @@
 
 #include "internal.h"
 
+/* ThreadSanitizer cannot see the kernel's hand-over at thread exit (the
+ * robust-list walk that makes our trylock return EOWNERDEAD), so in TSan
+ * builds the thread releases its record from a pthread key destructor and
+ * the prover acquires it: the happens-before TSan needs to accept the free. */
+#if defined(__SANITIZE_THREAD__)
+#define AIORCU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define AIORCU_TSAN 1
+#endif
+#endif
+#ifdef AIORCU_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static pthread_key_t tsan_key;
+static pthread_once_t tsan_once = PTHREAD_ONCE_INIT;
+static void tsan_thread_exit(void *t) { __tsan_release(t); }
+static void tsan_make_key(void) { pthread_key_create(&tsan_key, tsan_thread_exit); }
+#endif
+
 static pthread_mutex_t records_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct aiorcu_thread *records; /* every record not yet freed */
 static _Atomic uint64_t next_serial;
@@ -38,6 +58,9 @@ int aiorcu__thread_dead(struct aiorcu_thread *t)
         return 1;
     int rc = pthread_mutex_trylock(&t->life);
     if (rc == EOWNERDEAD) {
+#ifdef AIORCU_TSAN
+        __tsan_acquire(t);
+#endif
         pthread_mutex_consistent(&t->life);
         pthread_mutex_unlock(&t->life);
         /* Release: whoever reads dead == 1 also sees that the mutex is
@@ -89,6 +112,10 @@ struct aiorcu_thread *aiorcu__thread_self(void)
     t->next = records;
     records = t;
     pthread_mutex_unlock(&records_lock);
+#ifdef AIORCU_TSAN
+    pthread_once(&tsan_once, tsan_make_key);
+    pthread_setspecific(tsan_key, t);
+#endif
     self = t;
     return t;
 }

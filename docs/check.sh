@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Opens the built documentation site in headless Chromium and fails unless
 # the pages a reader lands on are really there: navigation, search box and a
-# reference signature rendered by mkdocstrings.  Screenshots of the home page
+# reference signature rendered by mkdocstrings; both served over HTTP and
+# opened straight from disk (file://, as the README tells readers to), where
+# every navigation link must lead to a page, not to a directory listing.  Screenshots of the home page
 # and of one reference page go to $SHOTS (default: site/_check/, which is
 # not committed) for a human to look at.
 #
@@ -73,7 +75,7 @@ chrome() {
 
 mkdir -p "$SHOTS"
 HOME_URL=$BASE/
-REF_URL=$BASE/reference/domain/
+REF_URL=$BASE/reference/domain.html
 
 # 4. Screenshots, for people.
 chrome --screenshot="$SHOTS/home.png" "$HOME_URL" >/dev/null || fail "screenshot of $HOME_URL"
@@ -151,4 +153,29 @@ if problems:
     sys.exit(1)
 print(f"navigation ({home.nav_links} links), search box and signatures present")
 EOF
+
+# 6. From disk: the home page's links are files, and one of them renders.
+chrome --dump-dom "file://$SITE/index.html" >"$SHOTS/home-file.html" ||
+    fail "could not open file://$SITE/index.html"
+"$PYTHON" - "$SHOTS/home-file.html" "$SITE" <<'EOF' || fail "the site does not work from disk"
+import re
+import sys
+from pathlib import Path
+
+html = Path(sys.argv[1]).read_text(encoding="utf-8")
+site = Path(sys.argv[2])
+links = set(re.findall(r'class="md-nav__link[^"]*"[^>]*href="([^"#]+)"', html))
+links |= set(re.findall(r'href="([^"#]+)"[^>]*class="md-nav__link', html))
+local = {link for link in links if not link.startswith(("http:", "https:", "mailto:"))}
+if len(local) < 5:
+    sys.exit(f"only {len(local)} navigation links found")
+bad = sorted(link for link in local if not (site / link).is_file())
+if bad:
+    sys.exit(f"navigation links that are not files (a browser shows a listing): {bad[:5]}")
+print(f"{len(local)} navigation links, each a file")
+EOF
+chrome --dump-dom "file://$SITE/reference/domain.html" >"$SHOTS/reference-file.html" ||
+    fail "could not open the reference page from disk"
+grep -q "doc-signature" "$SHOTS/reference-file.html" ||
+    fail "the reference page opened from disk has no rendered signature"
 say "ok; screenshots in $SHOTS"

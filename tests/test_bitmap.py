@@ -309,7 +309,7 @@ def test_transaction_block() -> None:
         tx.revoke(0, 100)
         tx.grant(10, 5)
         assert [op.op for op in tx.ops] == ["revoke", "grant"]
-        with pytest.raises(aiorcu.RcuUsageError, match="read tx.report after the"):
+        with pytest.raises(aiorcu.RcuUsageError, match=r"read tx\.report after the"):
             _ = tx.report
     assert tx.report.pages_revoked == 95 and tx.report.label == "evict"
     assert tx.build().ops == tx.ops
@@ -478,7 +478,9 @@ def _revocation_race(busted: bool, seconds: float) -> int:
             with domain.read():
                 if bitmap.is_set(page):
                     if n % 16 == 0:
-                        time.sleep(0)  # the writer may run now
+                        # Let the writer run now: a real sleep hands the GIL
+                        # over (sleep(0) often takes it straight back).
+                        time.sleep(0.00005)
                     if dead[page]:
                         violations[0] += 1
             n += 1
@@ -489,7 +491,7 @@ def _revocation_race(busted: bool, seconds: float) -> int:
             page = (page + 7) % pages
             bitmap.commit_blocking(_tx(("revoke", page, 1)))
             dead[page] = 1  # "tell the hardware": the page is gone now
-            time.sleep(0)
+            time.sleep(0.00005)
             dead[page] = 0  # a fresh page behind the same number
             bitmap.commit_blocking(_tx(("grant", page, 1)))
 
