@@ -181,19 +181,22 @@ class Domain(_hotpath.DomainBase):
         if self._grace.core.completed() >= target:
             return
         slot = self._threads.current_slot()
-        if not self._warned_loop and (loop := loop_on_this_thread()) is not None:
-            # This thread holds no section (checked before): any open one is
-            # another thread's, and this event loop will stop while we wait.
-            if self._grace.core.stats()["sections_open"]:
-                self._warned_loop = True
-                logger.warning(
-                    "a blocking grace period of domain %r is waiting for a reader on another "
-                    "thread while this thread runs %s event loop, which is blocked until "
-                    "it ends; in async code use `await domain.synchronize()` (warned once "
-                    "per domain)",
-                    self.name,
-                    "an asyncio" if loop == "asyncio" else "a trio",
-                )
+        # This thread holds no section (checked before): any open one is
+        # another thread's, and an event loop here stops while we wait for it.
+        if (
+            not self._warned_loop
+            and (loop := loop_on_this_thread()) is not None
+            and self._grace.core.stats()["sections_open"]
+        ):
+            self._warned_loop = True
+            logger.warning(
+                "a blocking grace period of domain %r is waiting for a reader on another "
+                "thread while this thread runs %s event loop, which is blocked until "
+                "it ends; in async code use `await domain.synchronize()` (warned once "
+                "per domain)",
+                self.name,
+                "an asyncio" if loop == "asyncio" else "a trio",
+            )
         if not self._grace.run(target, ns, caller_slot=slot):
             raise GracePeriodTimeout(
                 f"grace period of domain {self.name!r} did not complete within {timeout} s; "
