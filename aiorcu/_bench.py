@@ -619,6 +619,64 @@ def bench_writer_scenario(s: Settings, r: Reporter) -> list[Result]:
     return results
 
 
+# -- CPU-bound reader threads: the GIL stretches grace periods ----------------------------
+
+
+def _busy_reader_grace_periods(threads: int, seconds: float) -> list[int]:
+    """Grace-period latencies (ns) while ``threads`` threads compute inside sections.
+
+    A reader thread that loses the GIL inside its section stays inside until
+    the GIL comes back to it: with N busy threads that can take several
+    switch intervals (5 ms each by default), however short the section's
+    own work.
+    """
+    domain = aiorcu.Domain(name=f"bench-busy-{threads}", stall_warning=None)
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            with domain.read():
+                sum(range(2000))  # about 20-50 us of pure Python, holding the GIL
+
+    workers = [threading.Thread(target=reader, daemon=True) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    samples: list[int] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter_ns()
+            domain.synchronize_blocking()
+            samples.append(time.perf_counter_ns() - t0)
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join()
+    return samples
+
+
+def bench_busy_readers(s: Settings, r: Reporter) -> list[Result]:
+    counts = [1, 4] if s.quick else [1, 2, 4, 8]
+    results = []
+    for n in counts:
+        r.step(f"grace periods with {n} CPU-bound reader thread(s)")
+        samples = _busy_reader_grace_periods(n, s.scenario_seconds)
+        p50, p99 = _percentile(samples, 0.5), _percentile(samples, 0.99)
+        results.append(
+            Result(
+                f"grace period, {n} CPU-bound reader thread(s), p99",
+                p99,
+                unit="ns (p99)",
+                note=f"p50 {_fmt_ns(p50)}, max {_fmt_ns(float(max(samples)))}, "
+                f"{len(samples)} grace periods; readers compute inside their sections and "
+                f"wait for the GIL there (switch interval {sys.getswitchinterval() * 1e3:g} ms); "
+                "reported, no goal",
+            )
+        )
+    return results
+
+
 # -- features from other modules, when present ------------------------------------------
 
 
@@ -1047,6 +1105,7 @@ BENCHES: list[Callable[[Settings, Reporter], list[Result]]] = [
     bench_synchronize_idle,
     bench_wait_modes,
     bench_writer_scenario,
+    bench_busy_readers,
     bench_bitmap,
     bench_cell_callbacks,
     bench_asgi,

@@ -484,6 +484,7 @@ async def test_collected_coroutine_releases_its_section(
         await d.synchronize()
 
 
+@pytest.mark.filterwarnings("ignore:Async generator .* was garbage collected:ResourceWarning")
 async def test_collected_async_generator_releases_its_section(
     anyio_backend: str, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
 ) -> None:
