@@ -41,7 +41,7 @@ import anyio.to_thread
 
 import aiorcu
 
-from . import _testing
+from . import testing
 
 
 @final
@@ -376,7 +376,7 @@ def bench_wait_modes(s: Settings, r: Reporter) -> list[Result]:
     idle_domain = aiorcu.Domain(name="bench-idle")
     for mode in ("futex", "poll"):
         domain = aiorcu.Domain(name=f"bench-{mode}")
-        _testing.set_wait_mode(domain, mode)
+        testing.set_wait_mode(domain, mode)
         stop = threading.Event()
 
         def writer(domain: aiorcu.Domain = domain, stop: threading.Event = stop) -> None:

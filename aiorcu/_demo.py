@@ -25,7 +25,7 @@ import time
 
 import aiorcu
 
-from . import _testing
+from . import testing
 
 
 @dataclasses.dataclass
@@ -155,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     domain = aiorcu.Domain(name="demo")
     if args.busted:
-        _testing.set_busted(domain)
+        testing.set_busted(domain)
     shared = Published()
     tally = Tally()
     stop = threading.Event()

@@ -55,7 +55,7 @@ from typing import Any, Final, Protocol, final
 
 import aiorcu
 
-from . import _testing
+from . import testing
 
 AGES: Final = 10  # histogram buckets 0..9, then "10+"
 BACKSTOP_NS: Final = 50_000_000  # BACKSTOP_NS in csrc/grace.c
@@ -114,7 +114,7 @@ class _Run:
         self.domain = domain
         self.seed = seed
         self.jitter = jitter
-        self.completed = _testing.completed_sequence(domain)
+        self.completed = testing.completed_sequence(domain)
         self.cell: aiorcu.RcuCell[_Object] = aiorcu.RcuCell(self._new(0), domain)
         self._serials = itertools.count(1)
         self.stop = threading.Event()
@@ -596,8 +596,8 @@ def _jitter(run: _Run, enabled: bool) -> Iterator[None]:
         yield
         return
     with (
-        _testing.reader_delay(run.domain, run.reader_delay),
-        _testing.writer_jitter(WRITER_JITTER_S),
+        testing.reader_delay(run.domain, run.reader_delay),
+        testing.writer_jitter(WRITER_JITTER_S),
     ):
         yield
 
@@ -610,9 +610,9 @@ def run(args: argparse.Namespace) -> int:
     domain = aiorcu.Domain(name="torture")
     # Warn about grace periods stuck for a second, not the 100 ms that a busy
     # machine reaches now and then; each warning names who is inside.
-    _testing.set_stall_interval(domain, STALL_WARNING_S, 10.0)
+    testing.set_stall_interval(domain, STALL_WARNING_S, 10.0)
     if args.busted:
-        _testing.set_busted(domain)
+        testing.set_busted(domain)
     state = _Run(domain, seed, args.jitter)
     thread_tallies = [_Tally() for _ in range(args.threads)]
     task_tally = _Tally()
@@ -672,7 +672,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - state.started
 
     stats = domain.stats()
-    raw = _testing.raw_stats(domain)
+    raw = testing.raw_stats(domain)
     reads, ages, pipeline, longest, long_sections = _sum_tallies(tallies)
     thread_reads = sum(t.reads for t in thread_tallies)
     failures = list(state.failures)

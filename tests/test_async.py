@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import aiorcu
-from aiorcu import _testing, _worker
+from aiorcu import _worker, testing
 
 from .conftest import HANG_GUARD, Background, background_synchronize, hold_section
 
@@ -213,7 +213,7 @@ async def test_synchronize_waits_for_another_task() -> None:
 async def test_busted_synchronize_does_not_wait() -> None:
     """Negative control for the test above."""
     d = aiorcu.Domain(name="busted-async")
-    _testing.set_busted(d)
+    testing.set_busted(d)
     entered = anyio.Event()
     order: list[str] = []
 
@@ -347,12 +347,12 @@ async def test_offloaded_grace_period_error_reaches_the_waiter() -> None:
     d = aiorcu.Domain(name="worker-error")
     holder, leave = hold_section(d)
     try:
-        _testing.fail_membarrier(1_000_000)
+        testing.fail_membarrier(1_000_000)
         with anyio.fail_after(HANG_GUARD):
             with pytest.raises(aiorcu.AiorcuError, match="nothing was skipped"):
                 await d.synchronize()
     finally:
-        _testing.fail_membarrier(0)
+        testing.fail_membarrier(0)
         leave.set()
         holder.join()
     assert d._worker.pending == 0

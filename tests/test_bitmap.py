@@ -14,7 +14,7 @@ import pydantic
 import pytest
 
 import aiorcu
-from aiorcu import _aiorcu_cffi, _testing
+from aiorcu import _aiorcu_cffi, testing
 
 from .conftest import HANG_GUARD, STRESS_SECONDS, Background, hold_section, run_race
 
@@ -464,7 +464,7 @@ def _revocation_race(busted: bool, seconds: float) -> int:
     """
     domain = aiorcu.Domain(name="race")
     if busted:
-        _testing.set_busted(domain)
+        testing.set_busted(domain)
     pages = 64
     bitmap = aiorcu.Bitmap(pages, domain=domain, initial=True)
     dead = bytearray(pages)

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import aiorcu
-from aiorcu import _callbacks, _testing
+from aiorcu import _callbacks, testing
 
 from .conftest import hold_section
 
@@ -38,7 +38,7 @@ def test_callbacks_run_after_readers_leave_in_fifo_order() -> None:
 def test_busted_callbacks_run_under_a_reader() -> None:
     """Negative control for the test above."""
     d = aiorcu.Domain(name="cb-busted")
-    _testing.set_busted(d)
+    testing.set_busted(d)
     t, leave = hold_section(d, "cb-reader")
     ran: list[int] = []
     d.call_after_grace_period(ran.append, 1)

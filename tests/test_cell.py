@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 
 from .conftest import STRESS_SECONDS
 
@@ -196,7 +196,7 @@ def test_readers_never_see_a_retired_object() -> None:
 @pytest.mark.stress
 def test_negative_control_busted_cell_is_caught() -> None:
     d = aiorcu.Domain(name="cell-busted")
-    _testing.set_busted(d)
+    testing.set_busted(d)
     assert _stress(d, min(STRESS_SECONDS, 2.0)) > 0
 
 
@@ -240,5 +240,5 @@ async def test_tasks_never_see_a_retired_object() -> None:
 @pytest.mark.anyio
 async def test_negative_control_busted_cell_is_caught_by_tasks() -> None:
     d = aiorcu.Domain(name="cell-async-busted")
-    _testing.set_busted(d)
+    testing.set_busted(d)
     assert await _async_stress(d, 0.5) > 0

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 
 from .conftest import HANG_GUARD, Background, background_synchronize, hold_section
 
@@ -116,7 +116,7 @@ def test_synchronize_waits_for_a_reader_that_began_before() -> None:
 def test_busted_grace_period_does_not_wait() -> None:
     """Negative control for the test above: the same check catches a non-waiting writer."""
     d = aiorcu.Domain(name="busted")
-    _testing.set_busted(d)
+    testing.set_busted(d)
     holder, leave = hold_section(d)
     writer = background_synchronize(d)
     try:
@@ -131,9 +131,9 @@ def test_readers_that_enter_after_the_flip_do_not_delay_the_grace_period() -> No
     """SRCU's two indexes: only sections that began before the flip are waited for."""
     d = aiorcu.Domain(name="after-flip")
     first, leave_first = hold_section(d, "early")
-    phase = _testing.current_phase(d)
+    phase = testing.current_phase(d)
     writer = background_synchronize(d)
-    assert _wait_until(lambda: _testing.current_phase(d) != phase)  # the writer flipped, now waits
+    assert _wait_until(lambda: testing.current_phase(d) != phase)  # the writer flipped, now waits
     late, leave_late = hold_section(d, "late")  # enters in the new phase
     try:
         assert not writer.done.wait(0.1)
@@ -292,17 +292,17 @@ def _straggler_waited_for(busted: bool) -> bool:
             entered.set()
             leave.wait(HANG_GUARD)
 
-    with _testing.reader_delay(d, delay):
+    with testing.reader_delay(d, delay):
         t = threading.Thread(target=reader, name="straggler")
         t.start()
         try:
             assert loaded.wait(5)
-            phase_before = _testing.current_phase(d)
+            phase_before = testing.current_phase(d)
             d.synchronize_blocking(timeout=HANG_GUARD)  # flips; the reader has not published
-            assert _testing.current_phase(d) != phase_before
+            assert testing.current_phase(d) != phase_before
             go_on.set()
             assert entered.wait(5)  # now inside, counted in the old phase
-            _testing.set_busted(d, busted)
+            testing.set_busted(d, busted)
             writer = background_synchronize(d)
             waited = not writer.done.wait(0.3)
             assert t.is_alive()  # the reader is still inside either way
@@ -392,10 +392,10 @@ def test_runtime_membarrier_failure_falls_back_or_raises() -> None:
     d = aiorcu.Domain(name="faults")
     t, stop = _idle_registered_reader(d)
     try:
-        _testing.fail_membarrier(1)
+        testing.fail_membarrier(1)
         d.synchronize_blocking(timeout=HANG_GUARD)
         assert d.stats().barrier_fallbacks == 1  # MEMBARRIER_CMD_GLOBAL used, never skipped
-        _testing.fail_membarrier(1000)
+        testing.fail_membarrier(1000)
         with pytest.raises(
             aiorcu.AiorcuError,
             match=r"membarrier\(2\) failed and its MEMBARRIER_CMD_GLOBAL fallback failed too.*"
@@ -403,7 +403,7 @@ def test_runtime_membarrier_failure_falls_back_or_raises() -> None:
         ):
             d.synchronize_blocking(timeout=HANG_GUARD)
     finally:
-        _testing.fail_membarrier(0)
+        testing.fail_membarrier(0)
         stop.set()
         t.join()
     d.synchronize_blocking(timeout=HANG_GUARD)  # the domain is still usable
@@ -415,7 +415,7 @@ def test_runtime_membarrier_failure_falls_back_or_raises() -> None:
 @pytest.mark.parametrize("mode", ["futex", "poll"])
 def test_waits_end_under_load(mode: str) -> None:
     d = aiorcu.Domain(name=f"wait-{mode}")
-    _testing.set_wait_mode(d, mode)
+    testing.set_wait_mode(d, mode)
     stop = threading.Event()
 
     def reader() -> None:
@@ -443,7 +443,7 @@ def test_waits_end_under_load(mode: str) -> None:
 
 def test_futex_writer_sleeps_and_is_woken_by_the_reader() -> None:
     d = aiorcu.Domain(name="futex")
-    _testing.set_wait_mode(d, "futex")
+    testing.set_wait_mode(d, "futex")
     holder, leave = hold_section(d)
     writer = background_synchronize(d)
     assert not writer.done.wait(0.2)

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "config_reload" / "service.py"
 
@@ -41,7 +41,7 @@ def test_negative_control_busted_domain_closes_pools_in_use() -> None:
     """Without real grace periods, requests do meet closed pools: the check works."""
     service = _load()
     domain = aiorcu.Domain(name="config-busted")
-    _testing.set_busted(domain)
+    testing.set_busted(domain)
     counters = asyncio.run(service.main(1.0, domain))
     assert counters.reloads > 0
     assert counters.errors > 0

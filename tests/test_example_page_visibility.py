@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "page_visibility" / "service.py"
 SECONDS = 2.0
@@ -68,7 +68,7 @@ def test_invariant_holds_under_load() -> None:
 def test_negative_control_busted_domain_shows_violations() -> None:
     """Commits that do not wait let accesses outlive them: the check sees it."""
     domain = aiorcu.Domain(name="pages-busted")
-    _testing.set_busted(domain)
+    testing.set_busted(domain)
     result = _run_demo(domain)
     stats = result.stats
     assert stats["commits_restricting"] > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "routing_table" / "router.py"
 
@@ -39,7 +39,7 @@ def test_negative_control_busted_domain_retires_tables_in_use() -> None:
     """Without real grace periods, readers do meet retired tables: the check works."""
     router = _load()
     domain = aiorcu.Domain(name="routes-busted")
-    _testing.set_busted(domain)
+    testing.set_busted(domain)
     result = router.run(1.0, domain=domain)
     assert result["swaps"] > 0
     assert result["stale"] > 0

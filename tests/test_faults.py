@@ -4,7 +4,7 @@ Each test breaks one thing on purpose and checks the promise that must
 survive it: a grace period still waits for every reader that began before
 it, or it raises and says what to do; nothing is ever silently skipped.
 
-Kernel faults come from two places.  ``aiorcu._testing.fail_membarrier`` makes
+Kernel faults come from two places.  ``aiorcu.testing.fail_membarrier`` makes
 the library's own membarrier attempts fail (the run-time hook).  For the
 kernel itself, a subprocess installs a seccomp filter that makes the
 membarrier(2) system call fail with a chosen errno for chosen commands: that
@@ -42,7 +42,7 @@ import anyio
 import pytest
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 
 from .conftest import (
     HANG_GUARD,
@@ -190,7 +190,7 @@ def test_membarrier_unavailable_at_start_selects_fences_and_still_waits(
 RUNTIME_BODY = """
 import errno
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 if not aiorcu.backend_info().membarrier:
     print(json.dumps({"skip": aiorcu.backend_info().reason}))
     sys.exit(0)
@@ -238,7 +238,7 @@ def test_kernel_refusing_membarrier_at_run_time_falls_back_then_raises() -> None
 @pytest.fixture
 def clear_faults() -> object:
     yield None
-    _testing.fail_membarrier(0)
+    testing.fail_membarrier(0)
 
 
 @needs_membarrier
@@ -260,8 +260,8 @@ def test_absorbed_membarrier_fault_still_waits_for_a_reader(
 ) -> None:
     d = aiorcu.Domain(name="absorbed")
     holder, leave = hold_section(d)
-    before = _testing.raw_stats(d)
-    _testing.fail_membarrier(count, err)
+    before = testing.raw_stats(d)
+    testing.fail_membarrier(count, err)
     writer = background_synchronize(d)
     try:
         assert _still_waiting(writer)  # the fault neither aborted nor shortened it
@@ -269,7 +269,7 @@ def test_absorbed_membarrier_fault_still_waits_for_a_reader(
         leave.set()
         holder.join()
     writer.result()
-    after = _testing.raw_stats(d)
+    after = testing.raw_stats(d)
     assert after["barrier_fallbacks"] - before["barrier_fallbacks"] == fallbacks
     assert d.stats().barrier_fallbacks == after["barrier_fallbacks"]
     assert after["grace_periods"] == before["grace_periods"] + 1
@@ -293,32 +293,32 @@ def test_unabsorbable_fault_mid_grace_period_raises_and_later_ones_still_wait() 
     straggler of the flipped phase).
     """
     d = aiorcu.Domain(name="unabsorbed")
-    _testing.set_wait_mode(d, "futex")
+    testing.set_wait_mode(d, "futex")
     holder, leave = hold_section(d)
-    phase_before = _testing.current_phase(d)
+    phase_before = testing.current_phase(d)
     completed_before = d.stats().completed_sequence
     writer = background_synchronize(d)
     try:
         _wait_for(lambda: d.stats().writer_sleeps >= 1, "the writer never slept")
         # Every attempt fails from now on; the writer's next wait barrier
         # (at the latest after its futex backstop) finds no correct barrier.
-        _testing.fail_membarrier(1_000_000, errno.EINVAL)
+        testing.fail_membarrier(1_000_000, errno.EINVAL)
         assert writer.finished()
         with pytest.raises(aiorcu.AiorcuError) as info:
             writer.result()
-        _testing.fail_membarrier(0)
+        testing.fail_membarrier(0)
         message = str(info.value)
         assert f"grace period of domain {d.name!r} failed" in message
         assert "MEMBARRIER_CMD_GLOBAL fallback failed too" in message
         assert "nothing was skipped" in message
         assert "Run with AIORCU_MEMBARRIER=off" in message  # says what to do
-        assert _testing.current_phase(d) != phase_before  # it failed after the flip, as intended
+        assert testing.current_phase(d) != phase_before  # it failed after the flip, as intended
         assert d.stats().completed_sequence == completed_before  # not reported complete
 
         again = background_synchronize(d)
         assert _still_waiting(again)  # the same reader still holds it up
     finally:
-        _testing.fail_membarrier(0)
+        testing.fail_membarrier(0)
         leave.set()
         holder.join()
     again.result()
@@ -336,19 +336,19 @@ def test_failed_grace_period_keeps_callbacks_queued_until_a_real_one(
     ran: list[int] = []
     try:
         with caplog.at_level(logging.ERROR, logger="aiorcu"):
-            _testing.fail_membarrier(1_000_000)
+            testing.fail_membarrier(1_000_000)
             d.call_after_grace_period(ran.append, 1)
             _wait_for(
                 lambda: "grace period for 1 callback(s) of domain 'cb-fault' failed" in caplog.text,
                 "the callback worker did not report the failed grace period",
             )
-            _testing.fail_membarrier(0)
+            testing.fail_membarrier(0)
         assert "they stay queued and the worker retries" in caplog.text
         assert ran == [] and d.stats().callbacks_pending == 1
         time.sleep(PAUSE)  # the retry now runs a real grace period: it waits
         assert ran == []
     finally:
-        _testing.fail_membarrier(0)
+        testing.fail_membarrier(0)
         leave.set()
         holder.join()
     d.barrier_blocking()
@@ -384,7 +384,7 @@ def test_stall_warning_names_a_dead_reader_and_releases_its_slot(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     d = aiorcu.Domain(name="dead-reader")
-    _testing.set_stall_interval(d, 0.02, 0.05)
+    testing.set_stall_interval(d, 0.02, 0.05)
     kept: list[object] = []
     dead = _die_inside(d, "dies-inside", kept)
     assert d.stats().threads_registered == 1 and d.stats().readers_active == 1
@@ -422,7 +422,7 @@ def test_a_dead_readers_slot_is_released_once(first: str) -> None:
     grace periods.
     """
     d = aiorcu.Domain(name=f"release-once-{first}")
-    _testing.set_stall_interval(d, 0.02, 0.05)
+    testing.set_stall_interval(d, 0.02, 0.05)
     newcomer: list[tuple[threading.Thread, threading.Event]] = []
     if first == "stall-warning":
         kept: list[object] = []
@@ -480,7 +480,7 @@ def test_stall_warning_releases_a_dead_reader_whose_thread_object_is_gone(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     d = aiorcu.Domain(name="dead-reader-gone")
-    _testing.set_stall_interval(d, 0.02, 0.05)
+    testing.set_stall_interval(d, 0.02, 0.05)
     kept: list[object] = []
     ident = _die_inside(d, "dies-forgotten", kept).ident
     gc.collect()  # nothing refers to the finished Thread object any more
@@ -812,6 +812,6 @@ async def test_negative_control_busted_domain_after_cancellation_is_caught() -> 
     d = aiorcu.Domain(name="chaos-busted")
     seed = random.randrange(1 << 30)
     await _chaos(d, seed)
-    _testing.set_busted(d)
+    testing.set_busted(d)
     _generations, _retired, violations = await _publish_and_check(d, 1.0, seed)
     assert violations > 0, f"a grace period that does not wait went unnoticed (seed {seed})"

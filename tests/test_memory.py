@@ -9,7 +9,7 @@ import time
 import pytest
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 
 from .conftest import STRESS_SECONDS, run_race
 
@@ -117,7 +117,7 @@ def _revocation_race(busted: bool, seconds: float) -> int:
     """
     domain = aiorcu.Domain(name="memory-race")
     if busted:
-        _testing.set_busted(domain)
+        testing.set_busted(domain)
     pages, size = 32, 64
     mem = aiorcu.GuardedMemory(pages, page_size=size, domain=domain, initial=True)
     violations = [0]

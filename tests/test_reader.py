@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 
 from .conftest import (
     HANG_GUARD,
@@ -543,7 +543,7 @@ def _signal_storm(d: aiorcu.Domain, seconds: float, busted: bool) -> tuple[int, 
     violations): reads of an object already retired."""
     cell: aiorcu.RcuCell[_Box] = aiorcu.RcuCell(_Box(), domain=d)
     if busted:
-        _testing.set_busted(d)
+        testing.set_busted(d)
     stop = threading.Event()
     reads, violations = [0], [0]
 

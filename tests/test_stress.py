@@ -13,7 +13,7 @@ import time
 import pytest
 
 import aiorcu
-from aiorcu import _testing
+from aiorcu import testing
 
 from .conftest import STRESS_SECONDS
 
@@ -101,6 +101,6 @@ def test_no_reader_sees_a_retired_object() -> None:
 @pytest.mark.fallback
 def test_negative_control_busted_grace_period_is_caught() -> None:
     domain = aiorcu.Domain(name="stress-busted")
-    _testing.set_busted(domain)
+    testing.set_busted(domain)
     _reads, _grace_periods, violations = _run(domain, min(STRESS_SECONDS, 2.0))
     assert violations > 0

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import aiorcu
-from aiorcu import _cli, _lowlevel, _testing, _torture
+from aiorcu import _cli, _lowlevel, _torture, testing
 
 from .conftest import HANG_GUARD, STRESS_SECONDS, Background, hold_section
 
@@ -129,7 +129,7 @@ def test_rss_bytes_reads_statm() -> None:
 
 def test_writer_jitter_restores_and_keeps_grace_periods_correct() -> None:
     domain = aiorcu.Domain(name="jitter")
-    with _testing.writer_jitter(0.0005):
+    with testing.writer_jitter(0.0005):
         assert _lowlevel.debug_set_writer_jitter(500_000) == 500_000
         for _ in range(20):
             domain.synchronize_blocking()
@@ -146,7 +146,7 @@ def test_writer_jitter_restores_and_keeps_grace_periods_correct() -> None:
 
 def test_completed_sequence_follows_grace_periods() -> None:
     domain = aiorcu.Domain(name="sequence")
-    completed = _testing.completed_sequence(domain)
+    completed = testing.completed_sequence(domain)
     token = domain.snapshot()
     assert completed() < token
     done = threading.Event()

@@ -53,7 +53,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import aiorcu
-from aiorcu import _testing  # debug hooks (not public API), for --busted only
+from aiorcu import testing  # test hooks, for --busted only
 
 PAGES = 16
 PAGE_SIZE = 4096
@@ -705,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     domain = aiorcu.Domain(name="pages")
     if args.busted:
-        _testing.set_busted(domain)
+        testing.set_busted(domain)
     service = PageService(domain, threads=args.threads, tasks=args.tasks)
     if args.demo:
         result = asyncio.run(run_demo(args.seconds, service, args.host))

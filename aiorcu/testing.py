@@ -1,8 +1,14 @@
-"""Debug hooks for tests and the torture run.  Not part of the public API.
+"""Hooks for testing code that uses aiorcu, and aiorcu itself.
 
-Each hook breaks or slows the machinery on purpose, so that tests can build
-the rare interleavings the algorithm must survive, and show that the stress
-tests catch a grace period that does not wait (the negative control).
+Each hook breaks or slows the machinery on purpose, so that a test can build
+the rare interleavings RCU must survive, and can show that it would catch a
+broken grace period.  The most useful one is `set_busted()`: a domain whose
+grace periods stop waiting for readers.  A concurrency test of your own that
+still passes against a busted domain tests nothing; keep it as a negative
+control next to the real test (the testing how-to shows the pattern).
+
+None of these belong in production code.  They are stable and documented
+(``aiorcu.testing``), unlike the underscore modules.
 """
 
 from __future__ import annotations
@@ -13,6 +19,18 @@ from collections.abc import Callable, Iterator
 
 from . import _lowlevel
 from ._domain import Domain
+
+__all__ = [
+    "completed_sequence",
+    "current_phase",
+    "fail_membarrier",
+    "raw_stats",
+    "reader_delay",
+    "set_busted",
+    "set_stall_interval",
+    "set_wait_mode",
+    "writer_jitter",
+]
 
 
 def set_busted(domain: Domain, busted: bool = True) -> None:
