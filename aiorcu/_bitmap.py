@@ -133,7 +133,7 @@ class Bitmap(_hotpath.BitmapBase):
         """
         ops = self._prepare(tx)
         if tx.sync != "never":
-            self._domain._check_blocking_allowed("Bitmap.commit_blocking()")
+            self._domain.check_blocking_wait("Bitmap.commit_blocking()")
         self._lock.acquire_blocking()
         try:
             granted, revoked, token = self._apply_locked(ops, tx.sync)
@@ -177,7 +177,7 @@ class Bitmap(_hotpath.BitmapBase):
         """
         ops = self._prepare(tx)
         if tx.sync != "never":
-            self._domain._check_async_allowed("Bitmap.commit()")
+            self._domain.check_async_wait("Bitmap.commit()")
         await anyio.lowlevel.checkpoint_if_cancelled()
         await self._lock.acquire()
         # No await from here to the release: a cancellation cannot come

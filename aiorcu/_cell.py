@@ -103,7 +103,7 @@ class RcuCell(_hotpath.CellBase[T], Generic[T]):
                 published.
         """
         _refuse_async_retire(retire, "replace_blocking()")
-        self.domain._check_blocking_allowed("RcuCell.replace_blocking()")
+        self.domain.check_blocking_wait("RcuCell.replace_blocking()")
         old = self.publish(new)
         self.domain.synchronize_blocking()
         if retire is not None:
@@ -140,7 +140,7 @@ class RcuCell(_hotpath.CellBase[T], Generic[T]):
                 callback.  Nothing was published.
         """
         domain = self.domain
-        domain._check_async_allowed("await RcuCell.replace()")
+        domain.check_async_wait("await RcuCell.replace()")
         old = self.publish(new)
         try:
             await domain.synchronize()

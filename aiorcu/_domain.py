@@ -1,4 +1,21 @@
-"""RCU domains: independent grace periods, their readers and their writers."""
+"""RCU domains: independent grace periods, their readers and their writers.
+
+A domain is composed of parts, each with one job:
+
+- the read path, in C (`_hotpath.DomainBase`, which this class extends):
+  sections, the "inside" test, callback queueing;
+- `ThreadRegistry` (``_registry``): which thread owns which reader slot,
+  thread exit, fork;
+- `GraceRunner` (``_grace``): the one path to the C writer, used by every
+  wait and by both workers, with its `StallReporter` (``_stall``);
+- `WaitRules` (``_rules``): the checks that refuse a wait that could never
+  finish;
+- `GraceWorker` (``_worker``): async waiters share grace periods on one thread;
+- `CallbackWorker` (``_callbacks``): deferred reclamation.
+
+`ReadWriteDomain` holds the reader and writer API that every kind of domain
+shares; `Domain` is the in-process one.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +35,13 @@ from ._errors import GracePeriodTimeout, RcuUsageError
 from ._grace import GraceRunner, stall_seconds, timeout_ns
 from ._hotpath import ReadSection
 from ._records import BackendInfo, DomainStatistics
+from ._rules import WaitRules
 from ._worker import GraceWorker, Waiter, loop_on_this_thread, threadsafe_setter
 
 logger = logging.getLogger("aiorcu")
 
 _names = itertools.count(1)
-_domains: weakref.WeakSet[Domain] = weakref.WeakSet()
+_domains: weakref.WeakSet[ReadWriteDomain] = weakref.WeakSet()
 
 _KINDS = {_lowlevel.KIND_THREAD: "`with`", _lowlevel.KIND_TASK: "`async with`"}
 
@@ -32,49 +50,27 @@ _KINDS = {_lowlevel.KIND_THREAD: "`with`", _lowlevel.KIND_TASK: "`async with`"}
 _hotpath.configure(_lowlevel.THREAD_SERIAL_ADDRESS, RcuUsageError, inspect.iscoroutinefunction)
 
 
-@final
-class Domain(_hotpath.DomainBase):
-    """An RCU domain: readers that never block, writers that wait for them.
+class ReadWriteDomain(_hotpath.DomainBase):
+    """The reader and writer API every domain shares (`Domain`, `SharedDomain`).
 
-    Readers enter a *read section* with ``with domain.read():`` (threads) or
-    ``async with domain.read():`` (tasks).  A section costs a few stores to
-    memory that only the reading thread writes: no lock, no system call,
-    and no memory barrier when membarrier(2) is available.
-
-    A writer publishes a change, then waits for a *grace period* with
-    `synchronize_blocking()` or ``await`` `synchronize()`: once it
-    returns, every read section that began before the call has ended, so no
-    reader can still be using what the change removed.
-
-    Domains are independent: a long reader in one never delays grace periods
-    of another.  Most programs need one per kind of shared state, or just
-    `global_domain()`.
-
-    Args:
-        name: Shown in logs, stall warnings and reprs.  Defaults to
-            ``"domain-N"``.
-        stall_warning: Seconds a grace period may wait for readers before
-            a warning on the ``aiorcu`` logger names them; it repeats at
-            doubling intervals up to 60 s.  ``None`` never warns.
-
-    Raises:
-        ValueError: ``stall_warning`` is zero, negative or NaN.
+    Subclasses build the parts in ``__init__`` through `_assemble()`.
     """
 
-    def __init__(self, name: str | None = None, *, stall_warning: float | None = 1.0) -> None:
-        seconds = stall_seconds(stall_warning)
-        self.name: str = name if name is not None else f"domain-{next(_names)}"
-        self._var: contextvars.ContextVar[ReadSection | None] = contextvars.ContextVar(
-            f"aiorcu-section-{self.name}", default=None
-        )
-        self._grace = GraceRunner(self.name, self._var, seconds)  # type: ignore[arg-type]
-        self._threads = self._grace.registry
-        core = self._grace.core
+    name: str
+    _var: contextvars.ContextVar[ReadSection | None]
+
+    def _assemble(self, name: str, grace: GraceRunner) -> None:
+        """Builds the parts around ``grace`` and binds the C read path to its core."""
+        self.name = name
+        self._grace = grace
+        self._threads = grace.registry
+        self._rules = WaitRules(name, self)
+        core = grace.core
         self._bind(core, self._var, *core.hotpath_binding())
-        self._worker = GraceWorker(self.name, self._grace.run_for_worker, core.completed)
+        self._worker = GraceWorker(name, grace.run_for_worker, core.completed)
         self._warned_loop = False  # blocking on an event-loop thread: warned once
         self._callbacks = _callbacks.CallbackWorker(
-            self.name, self._grace.run_for_callbacks, self._set_callbacks, self._set_idle
+            name, grace.run_for_callbacks, self._set_callbacks, self._set_idle
         )
         _domains.add(self)
 
@@ -157,7 +153,7 @@ class Domain(_hotpath.DomainBase):
             ValueError: ``timeout`` is negative or NaN.
         """
         ns = timeout_ns(timeout)
-        self._check_blocking_allowed("synchronize_blocking()")
+        self._rules.blocking_wait("synchronize_blocking()")
         self._wait_blocking(self._grace.core.snapshot(), ns, timeout)
 
     async def synchronize(self) -> None:
@@ -200,73 +196,43 @@ class Domain(_hotpath.DomainBase):
         if not self._grace.run(target, ns, caller_slot=slot):
             raise GracePeriodTimeout(
                 f"grace period of domain {self.name!r} did not complete within {timeout} s; "
-                f"still inside: {self._grace.describe_blocking() or 'nobody now'}. The domain "
-                "is consistent: retry, or find the reader that does not leave its section"
+                f"still inside: {self._grace.stalls.describe_blocking() or 'nobody now'}. The "
+                "domain is consistent: retry, or find the reader that does not leave its section"
             )
 
     async def _wait(self, target: int, what: str) -> None:
-        self._check_async_allowed(what)
+        self._rules.async_wait(what)
         if self._grace.core.completed() >= target:
             return
         if not self._grace.run(target, try_only=True, caller_slot=self._threads.current_slot()):
             await self._worker.wait(target)
 
-    def _check_blocking_allowed(self, what: str) -> None:
-        """Raises if a blocking wait on this thread could never finish.
+    def check_blocking_wait(self, what: str) -> None:
+        """Raises `RcuUsageError` if a blocking grace-period wait here could never finish.
 
-        Called by every blocking wait of the domain and its features (cells,
-        bitmaps) before they change anything.
+        For structures built on a domain (aiorcu's own cells and bitmaps use
+        it): call it before changing anything, then wait.  A wait cannot
+        finish on a thread inside a read section of this domain (its own
+        ``with`` section, or another task's on this event loop), or in one
+        of the domain's callbacks.
+
+        Args:
+            what: How the caller names itself in the message, e.g.
+                ``"Table.replace_blocking()"``.
         """
-        self._check_not_in_callback(what)
-        with_sections, task_sections = self._thread_counts()
-        if self._task_inside():
-            raise RcuUsageError(
-                f"{what} called inside a read section of domain {self.name!r} held by this "
-                "task; it would wait for itself. Leave the section first, or use "
-                "call_after_grace_period()"
-            )
-        if with_sections:
-            raise RcuUsageError(
-                f"{what} called inside a `with domain.read():` section on this thread; it "
-                "would wait for itself. Leave the section first, or use "
-                "call_after_grace_period()"
-            )
-        if task_sections:
-            raise RcuUsageError(
-                f"{what} called on an event-loop thread where another task holds an `async "
-                f"with` section of domain {self.name!r}; blocking here would stop that task "
-                "from ever leaving it. Use `await domain.synchronize()` instead"
-            )
+        self._rules.blocking_wait(what)
 
-    def _check_async_allowed(self, what: str) -> None:
-        """Raises if an async wait would wait for the calling task's own section.
+    def check_async_wait(self, what: str) -> None:
+        """Raises `RcuUsageError` if an awaited grace period here could never finish.
 
-        Other tasks' ``async with`` sections on this loop do not count: they
-        close while this task waits.
+        As `check_blocking_wait()`, for async code: only the calling task's
+        own sections (and this thread's ``with`` sections) count; other
+        tasks' sections close while this one waits.
+
+        Args:
+            what: How the caller names itself in the message.
         """
-        self._check_not_in_callback(what)
-        if self._task_inside():
-            raise RcuUsageError(
-                f"{what} called inside a read section of domain {self.name!r} held by this "
-                "task; it would wait for itself. Leave the section first, or use "
-                "call_after_grace_period()"
-            )
-        if self._thread_counts()[0]:
-            raise RcuUsageError(
-                f"{what} called while this thread has a `with domain.read():` section of "
-                f"domain {self.name!r} open (perhaps held across an await by some task); the "
-                "grace period would wait for it. Leave `with` sections before awaiting, or "
-                "use `async with domain.read():` in task code"
-            )
-
-    def _check_not_in_callback(self, what: str) -> None:
-        """Raises if the caller is an RCU callback: it would wait for its own thread."""
-        if _callbacks.in_callback():
-            raise RcuUsageError(
-                f"{what} called from an RCU callback of domain {self.name!r}; callbacks "
-                "run on the domain's callback thread, which would wait for itself. Queue "
-                "more work with call_after_grace_period() instead"
-            )
+        self._rules.async_wait(what)
 
     # -- deferred reclamation --------------------------------------------------
     def barrier_blocking(self) -> None:
@@ -281,7 +247,7 @@ class Domain(_hotpath.DomainBase):
                 wait for itself), or on a thread that is inside a read section
                 of the domain (the callbacks' grace period would wait for it).
         """
-        self._check_barrier_allowed("barrier_blocking()", blocking=True)
+        self._rules.barrier("barrier_blocking()", blocking=True)
         done = threading.Event()
         self.call_after_grace_period(done.set)
         done.wait()
@@ -299,20 +265,10 @@ class Domain(_hotpath.DomainBase):
             RcuUsageError: Called from a callback, or inside a read section
                 held by the calling task (or this thread's ``with`` code).
         """
-        self._check_barrier_allowed("await barrier()", blocking=False)
+        self._rules.barrier("await barrier()", blocking=False)
         event = anyio.Event()
         self.call_after_grace_period(threadsafe_setter(event))
         await event.wait()
-
-    def _check_barrier_allowed(self, what: str, blocking: bool) -> None:
-        self._check_not_in_callback(what)
-        with_sections, task_sections = self._thread_counts()
-        if with_sections or self._task_inside() or (blocking and task_sections):
-            raise RcuUsageError(
-                f"{what} called inside a read section of domain {self.name!r}; the "
-                "callbacks wait for a grace period that waits for this section. "
-                "Leave the section first"
-            )
 
     # -- polled grace periods -----------------------------------------------------
     def snapshot(self) -> int:
@@ -382,7 +338,7 @@ class Domain(_hotpath.DomainBase):
         ns = timeout_ns(timeout)
         if self._grace.core.completed() >= target:
             return
-        self._check_blocking_allowed("wait_blocking()")
+        self._rules.blocking_wait("wait_blocking()")
         self._wait_blocking(target, ns, timeout)
 
     async def wait(self, token: int) -> None:
@@ -432,7 +388,7 @@ class Domain(_hotpath.DomainBase):
             threads_registered=core["slots_live"],
             readers_active=core["sections_open"],
             offloaded_waits=self._worker.offloaded,
-            stall_warnings=self._grace.stall_warnings,
+            stall_warnings=self._grace.stalls.warnings,
             callbacks_pending=self._callbacks.pending,
             dead_readers_released=core["dead_readers_released"],
             processes_attached=1,
@@ -445,9 +401,6 @@ class Domain(_hotpath.DomainBase):
             completed_sequence=core["completed"],
         )
 
-    def __repr__(self) -> str:
-        return f"<aiorcu.Domain {self.name!r}>"
-
     # -- fork ---------------------------------------------------------------------
     def _after_fork_child(self) -> None:
         # The core's fork handler already released every other thread's
@@ -457,6 +410,47 @@ class Domain(_hotpath.DomainBase):
         self._fork_child()
         self._worker.after_fork()
         self._callbacks.after_fork()
+
+
+@final
+class Domain(ReadWriteDomain):
+    """An RCU domain: readers that never block, writers that wait for them.
+
+    Readers enter a *read section* with ``with domain.read():`` (threads) or
+    ``async with domain.read():`` (tasks).  A section costs a few stores to
+    memory that only the reading thread writes: no lock, no system call,
+    and no memory barrier when membarrier(2) is available.
+
+    A writer publishes a change, then waits for a *grace period* with
+    `synchronize_blocking()` or ``await`` `synchronize()`: once it
+    returns, every read section that began before the call has ended, so no
+    reader can still be using what the change removed.
+
+    Domains are independent: a long reader in one never delays grace periods
+    of another.  Most programs need one per kind of shared state, or just
+    `global_domain()`.
+
+    Args:
+        name: Shown in logs, stall warnings and reprs.  Defaults to
+            ``"domain-N"``.
+        stall_warning: Seconds a grace period may wait for readers before
+            a warning on the ``aiorcu`` logger names them; it repeats at
+            doubling intervals up to 60 s.  ``None`` never warns.
+
+    Raises:
+        ValueError: ``stall_warning`` is zero, negative or NaN.
+    """
+
+    def __init__(self, name: str | None = None, *, stall_warning: float | None = 1.0) -> None:
+        seconds = stall_seconds(stall_warning)
+        name = name if name is not None else f"domain-{next(_names)}"
+        self._var: contextvars.ContextVar[ReadSection | None] = contextvars.ContextVar(
+            f"aiorcu-section-{name}", default=None
+        )
+        self._assemble(name, GraceRunner(name, self._var, seconds))  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<aiorcu.Domain {self.name!r}>"
 
 
 def _after_fork_child() -> None:

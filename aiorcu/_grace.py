@@ -2,15 +2,13 @@
 
 Every wait goes through `GraceRunner.run`: blocking callers, the async
 grace-period worker, the callback worker and the polled API.  It owns the C
-core and the thread registry, maps the core's results to exceptions, and
-turns the core's stall callbacks into warnings that name the readers in the
-way, releasing slots whose owner thread is proven dead.
+core and the thread registry, and maps the core's results to exceptions;
+the core's stall callbacks go to its `StallReporter`.
 """
 
 from __future__ import annotations
 
 import contextvars
-import logging
 import math
 import weakref
 from collections.abc import Callable
@@ -19,13 +17,8 @@ from typing import Final, final
 from . import _lowlevel
 from ._errors import AiorcuError
 from ._registry import ThreadRegistry
+from ._stall import StallReporter
 
-logger = logging.getLogger("aiorcu")
-
-_STAGES: Final = {
-    _lowlevel.STAGE_STRAGGLERS: "readers that entered before the last phase flip",
-    _lowlevel.STAGE_CLOSED: "readers of the phase this grace period closed",
-}
 STALL_MAX_SECONDS: Final = 60.0
 """Stall warnings repeat at doubling intervals up to this."""
 _NO_DEADLINE_SECONDS: Final = 2.0**62 / 1e9  # about 146 years: further is "never"
@@ -91,10 +84,13 @@ class GraceRunner:
         self._var = var
         self.core = _lowlevel.CoreDomain(_weak(self._on_stall))
         self.registry = ThreadRegistry(name, self.core)
+        self.stalls = StallReporter(name, self.core, self.registry, var)
         self.busted = False
         """Negative control: grace periods stop waiting for readers."""
-        self.stall_warnings = 0
         self.set_stall_warning(stall_warning)
+
+    def _on_stall(self, waited_ns: int, stage: int, phase: int) -> None:
+        self.stalls.report(waited_ns, stage, phase)
 
     def set_stall_warning(self, seconds: float | None) -> None:
         """First warning after ``seconds`` (None: never), doubling up to 60 s."""
@@ -147,30 +143,3 @@ class GraceRunner:
         ``snapshot()`` fences after the batch was taken (see _callbacks).
         """
         return self.run(self.core.snapshot(), timeout_ns)
-
-    # -- stalls -----------------------------------------------------------------
-    def _on_stall(self, waited_ns: int, stage: int, phase: int) -> None:
-        # Called by the C writer with the writer mutex held and the GIL taken.
-        self.stall_warnings += 1
-        logger.warning(
-            "grace period of domain %r has waited %.3f s for %s: %s",
-            self.name,
-            waited_ns / 1e9,
-            _STAGES.get(stage, "readers"),
-            self.describe_blocking(phase, release_dead=True) or "(they just left)",
-        )
-
-    def describe_blocking(self, phase: int | None = None, release_dead: bool = False) -> str:
-        """Who holds grace periods open now; releases proven-dead owners if asked."""
-        phases = (0, 1) if phase is None else (phase,)
-        seen: dict[int, int] = {}
-        for p in phases:
-            for slot, blocked_ns in self.core.blocking_slots(p):
-                seen[slot] = max(blocked_ns, seen.get(slot, 0))
-        parts = []
-        for slot, blocked_ns in seen.items():
-            text = self.registry.describe(self._var, slot, blocked_ns)
-            if release_dead and self.registry.release_if_dead(slot):
-                text += " - the thread has exited; its slot was released"
-            parts.append(text)
-        return "; ".join(parts)
