@@ -23,6 +23,7 @@ import aiorcu
 
 STRESS_SECONDS = float(os.environ.get("AIORCU_STRESS_SECONDS", "2"))
 HANG_GUARD = 30.0  # seconds; only ever reached when something is broken
+PAUSE = 0.2  # "still waiting after this long" checks; never a timing assertion
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -78,12 +79,25 @@ class Background:
             raise self.error
 
 
+def still_waiting(call: Background) -> bool:
+    """``call`` has not finished after a short pause (a hang check, not a timing one)."""
+    return not call.done.wait(PAUSE)
+
+
+def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    """Polls until ``predicate()`` is true; fails with ``what`` after the hang guard."""
+    deadline = time.monotonic() + HANG_GUARD
+    while not predicate():
+        assert time.monotonic() < deadline, f"hang guard: {what}"
+        time.sleep(0.002)
+
+
 def assert_waits_for_a_reader(domain: aiorcu.Domain, name: str = "reader") -> None:
     """A grace period started while a thread is inside waits until it leaves."""
     holder, leave = hold_section(domain, name)
     writer = background_synchronize(domain)
     try:
-        assert not writer.done.wait(0.2), "the grace period did not wait for the reader"
+        assert still_waiting(writer), "the grace period did not wait for the reader"
     finally:
         leave.set()
         holder.join()

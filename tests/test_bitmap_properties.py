@@ -1,27 +1,26 @@
-"""Property tests: page bitmaps against a Python model, transaction JSON, guarded memory.
+"""Property tests: page bitmaps against a Python model.
 
 A `Bitmap` is driven by a Hypothesis state machine and compared after every
 step with a plain Python model: an int used as a set of pages (bit p set
 while page p is accessible), on which a grant is ``|=`` and a revoke
 ``&= ~``, op after op.  The model also predicts each report: the net page
-counts and whether the commit waited for a grace period.
+counts and whether the commit waited for a grace period.  Then one commit of
+many overlapping ops, and transactions whose k-th op does not fit, which
+must apply nothing.
 
+Transaction JSON is in ``test_transaction_properties.py``, guarded memory in
+``test_memory_properties.py``; the shared strategies in ``strategies.py``.
 Example counts are small by default, so the file runs in well under a
 minute; ``AIORCU_HYPOTHESIS_SCALE=10`` runs ten times as many examples.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-from array import array
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
-import pydantic
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -32,26 +31,19 @@ from hypothesis.stateful import (
 )
 
 import aiorcu
-from aiorcu import BitmapTransaction, Grant, Revoke
 from aiorcu._transaction import MAX_PAGE
 
+from .strategies import (
+    LABELS,
+    SYNCS,
+    OpTuple,
+    Sync,
+    make_tx,
+    rejection_message,
+    scaled_settings,
+)
+
 pytestmark = pytest.mark.fallback
-
-SCALE = float(os.environ.get("AIORCU_HYPOTHESIS_SCALE", "1"))
-
-
-def _settings(examples: int, **kwargs: Any) -> settings:
-    return settings(
-        max_examples=max(1, round(examples * SCALE)),
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        **kwargs,
-    )
-
-
-SYNCS: tuple[Literal["auto", "always", "never"], ...] = ("auto", "always", "never")
-Sync = Literal["auto", "always", "never"]
-OpTuple = tuple[Literal["grant", "revoke"], int, int]
 
 # -- strategies for page ranges ----------------------------------------------------------
 
@@ -111,17 +103,6 @@ def op_tuples(pages: int, max_size: int = 8) -> st.SearchStrategy[list[OpTuple]]
     return st.lists(op, max_size=max_size)  # type: ignore[arg-type]
 
 
-LABELS = st.none() | st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
-
-
-def make_tx(ops: list[OpTuple], sync: Sync = "auto", label: str | None = None) -> BitmapTransaction:
-    return BitmapTransaction(
-        ops=[{"op": op, "start": start, "count": count} for op, start, count in ops],
-        sync=sync,
-        label=label,
-    )
-
-
 def apply_model(model: int, ops: list[OpTuple]) -> int:
     for op, start, count in ops:
         mask = ((1 << count) - 1) << start
@@ -147,15 +128,6 @@ def accessible(bitmap: aiorcu.Bitmap) -> int:
 def model_first_clear(model: int, start: int, count: int) -> int | None:
     clear = ~(model >> start) & ((1 << count) - 1)
     return None if not clear else start + (clear & -clear).bit_length() - 1
-
-
-def rejection_message(index: int, op: OpTuple, pages: int) -> str:
-    kind, start, count = op
-    return (
-        f"op {index} ({kind} start={start} count={count}) reaches page "
-        f"{start + count - 1}, but the bitmap has {pages} pages (0..{pages - 1}); "
-        "nothing was applied"
-    )
 
 
 class _Boom(Exception):
@@ -433,11 +405,11 @@ class BitmapMachine(RuleBasedStateMachine):
         assert not self.domain.poll(token)
 
 
-BitmapMachine.TestCase.settings = _settings(200, stateful_step_count=30)
+BitmapMachine.TestCase.settings = scaled_settings(200, stateful_step_count=30)
 test_bitmap_state_machine = BitmapMachine.TestCase
 
 
-@_settings(60)
+@scaled_settings(60)
 @given(data=st.data(), pages=SIZES, initial=st.booleans(), sync=st.sampled_from(SYNCS))
 def test_one_commit_of_many_overlapping_ops(
     data: st.DataObject, pages: int, initial: bool, sync: Sync
@@ -467,7 +439,7 @@ def rejected_setups(draw: st.DrawFn) -> tuple[int, list[OpTuple], list[OpTuple],
 
 
 @pytest.mark.parametrize("how", ["blocking", "asyncio", "trio"])
-@_settings(40)
+@scaled_settings(40)
 @given(setup=rejected_setups(), sync=st.sampled_from(SYNCS))
 def test_kth_op_out_of_range_applies_nothing(
     how: str, setup: tuple[int, list[OpTuple], list[OpTuple], OpTuple], sync: Sync
@@ -491,426 +463,3 @@ def test_kth_op_out_of_range_applies_nothing(
     report = bitmap.commit_blocking(make_tx(prefix, sync))
     assert accessible(bitmap) == apply_model(before, prefix)
     assert report.pages_granted == (apply_model(before, prefix) & ~before).bit_count()
-
-
-# -- 3. BitmapTransaction from JSON --------------------------------------------------------
-
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=8)
-JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats()
-    | TEXT
-    | st.sampled_from([0, 1, -1, MAX_PAGE - 1, MAX_PAGE, MAX_PAGE + 1, "grant", "auto"]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-    max_leaves=20,
-)
-WEIRD = st.one_of(
-    st.sampled_from(
-        [
-            0,
-            1,
-            -1,
-            MAX_PAGE - 2,
-            MAX_PAGE - 1,
-            MAX_PAGE,
-            MAX_PAGE + 1,
-            2**63,
-            2**64,
-            -(2**48),
-            10**30,
-            True,
-            False,
-            None,
-            0.0,
-            -0.0,
-            1.0,
-            1.5,
-            1e20,
-            math.inf,
-            -math.inf,
-            math.nan,
-            float(MAX_PAGE),
-            "0",
-            "1",
-            "8",
-            str(MAX_PAGE - 1),
-            "",
-            "grant",
-            "revoke",
-            "auto",
-            "never",
-            [],
-            {},
-            [1, 2],
-            {"op": "grant", "start": 0, "count": 1},
-        ]
-    ),
-    st.integers(),
-    st.floats(),
-    TEXT,
-    JSON_VALUES,
-)
-STARTS = st.integers(0, MAX_PAGE - 1) | st.sampled_from([0, 1, 63, 64, MAX_PAGE - 1])
-COUNTS = st.integers(1, MAX_PAGE) | st.sampled_from([1, 64, MAX_PAGE - 1, MAX_PAGE])
-OP_DICTS = st.fixed_dictionaries(
-    {"op": st.sampled_from(["grant", "revoke"]), "start": STARTS, "count": COUNTS}
-)
-TX_DICTS = st.fixed_dictionaries(
-    {"ops": st.lists(OP_DICTS, max_size=4)},
-    optional={"sync": st.sampled_from(SYNCS), "label": LABELS},
-)
-
-
-@st.composite
-def near_misses(draw: st.DrawFn) -> Any:
-    """A valid transaction dict with one to three small mutations."""
-    doc: Any = json.loads(json.dumps(draw(TX_DICTS)))  # a private copy to mutate
-    for _ in range(draw(st.integers(1, 3))):
-        containers = [doc] if isinstance(doc, dict) else []
-        if isinstance(doc, dict) and isinstance(doc.get("ops"), list):
-            containers += [op for op in doc["ops"] if isinstance(op, dict)]
-        mutation = draw(
-            st.sampled_from(
-                [
-                    "set",
-                    "int",
-                    "int",
-                    "delete",
-                    "extra",
-                    "op_name",
-                    "to_string",
-                    "wrap",
-                    "ops_shape",
-                ]
-            )
-        )
-        if not containers or mutation == "wrap":
-            doc = draw(st.sampled_from([[doc], {"tx": doc}, {"ops": doc}, json.dumps(doc)]))
-            continue
-        target = draw(st.sampled_from(containers))
-        keys = sorted(target)
-        if mutation == "int" and len(containers) > 1:
-            target = draw(st.sampled_from(containers[1:]))
-            key = draw(st.sampled_from(["start", "count"]))
-            value = target.get(key, 1)
-            value = value if type(value) is int else 1
-            target[key] = draw(
-                st.sampled_from(
-                    [
-                        str(value),
-                        float(value),
-                        value - 1,
-                        value + 1,
-                        -value,
-                        value == 1,
-                        0,
-                        -1,
-                        MAX_PAGE - 1,
-                        MAX_PAGE,
-                        MAX_PAGE + 1,
-                        float(MAX_PAGE),
-                        [value],
-                        {"value": value},
-                        None,
-                    ]
-                )
-            )
-        elif mutation == "set":
-            key = draw(st.sampled_from([*keys, "op", "start", "count", "sync", "label", "ops"]))
-            target[key] = draw(WEIRD)
-        elif mutation == "delete" and keys:
-            del target[draw(st.sampled_from(keys))]
-        elif mutation == "extra":
-            target[draw(TEXT | st.sampled_from(["Start", "extra", "opp", "ops ", "pages"]))] = draw(
-                WEIRD
-            )
-        elif mutation == "op_name":
-            target["op"] = draw(
-                st.sampled_from(["Grant", "GRANT", "grant ", " revoke", "delete", "", "revok"])
-                | TEXT
-            )
-        elif mutation == "to_string" and keys:
-            key = draw(st.sampled_from(keys))
-            target[key] = json.dumps(target[key])
-        elif mutation == "ops_shape" and isinstance(doc, dict):
-            doc["ops"] = draw(
-                st.sampled_from(
-                    [None, {}, "[]", doc.get("ops"), {"0": doc.get("ops")}, [doc.get("ops")]]
-                )
-            )
-    return doc
-
-
-def _int_in(value: object, low: int, high: int) -> bool:
-    return type(value) is int and low <= value <= high
-
-
-def _valid_op(op: object) -> bool:
-    return (
-        isinstance(op, dict)
-        and set(op) == {"op", "start", "count"}
-        and op["op"] in ("grant", "revoke")
-        and _int_in(op["start"], 0, MAX_PAGE - 1)
-        and _int_in(op["count"], 1, MAX_PAGE)
-    )
-
-
-def expected_valid(doc: object) -> bool:
-    """The contract, written out: strict ints, exact bounds, no extra fields."""
-    if not isinstance(doc, dict) or not set(doc) <= {"ops", "sync", "label"}:
-        return False
-    ops = doc.get("ops", [])
-    if not isinstance(ops, list) or not all(_valid_op(op) for op in ops):
-        return False
-    sync = doc.get("sync", "auto")
-    label = doc.get("label")
-    return isinstance(sync, str) and sync in SYNCS and (label is None or isinstance(label, str))
-
-
-def check_parse(doc: Any) -> None:
-    """Both parsers agree with `expected_valid`, raise only ValidationError, and round-trip."""
-    text = json.dumps(doc)  # NaN and Infinity as their JavaScript tokens, which jiter reads
-    for parse, source in (
-        (BitmapTransaction.model_validate_json, text),
-        (BitmapTransaction.model_validate_json, text.encode()),
-        (BitmapTransaction.model_validate, doc),
-    ):
-        try:
-            model = parse(source)
-        except pydantic.ValidationError:
-            assert not expected_valid(doc), (parse, source)
-            continue
-        assert expected_valid(doc), (parse, source, model)
-        event("valid transaction")
-        assert model.model_dump(mode="json") == {
-            "ops": doc.get("ops", []),
-            "sync": doc.get("sync", "auto"),
-            "label": doc.get("label"),
-        }
-        assert BitmapTransaction.model_validate_json(model.model_dump_json()) == model
-        assert BitmapTransaction.model_validate(model.model_dump()) == model
-
-
-@_settings(150)
-@given(doc=JSON_VALUES | TX_DICTS)
-def test_transaction_from_arbitrary_json(doc: Any) -> None:
-    check_parse(doc)
-
-
-@_settings(500)
-@given(doc=near_misses())
-def test_transaction_from_near_miss_json(doc: Any) -> None:
-    check_parse(doc)
-
-
-@_settings(150)
-@given(
-    raw=st.binary(max_size=60)
-    | TEXT
-    | TX_DICTS.map(json.dumps).flatmap(
-        lambda s: st.integers(0, len(s)).map(lambda i: s[:i])  # truncated documents
-    )
-)
-def test_transaction_raw_bytes_fuzz(raw: bytes | str) -> None:
-    try:
-        model = BitmapTransaction.model_validate_json(raw)
-    except pydantic.ValidationError:
-        return
-    assert BitmapTransaction.model_validate_json(model.model_dump_json()) == model
-
-
-def test_deeply_nested_json_is_a_validation_error() -> None:
-    for doc in ('{"ops": ' + "[" * 5000 + "]" * 5000 + "}", "[" * 100_000):
-        with pytest.raises(pydantic.ValidationError):
-            BitmapTransaction.model_validate_json(doc)
-
-
-@pytest.mark.parametrize("op", ["grant", "revoke"])
-@pytest.mark.parametrize(
-    ("field", "value", "ok"),
-    [
-        ("start", 0, True),
-        ("start", MAX_PAGE - 1, True),
-        ("start", MAX_PAGE, False),
-        ("start", -1, False),
-        ("count", 1, True),
-        ("count", MAX_PAGE, True),
-        ("count", MAX_PAGE + 1, False),
-        ("count", 0, False),
-        ("count", -1, False),
-    ],
-)
-def test_bounds_are_exact(op: str, field: str, value: int, ok: bool) -> None:
-    fields = {"op": op, "start": 0, "count": 1, field: value}
-    doc = {"ops": [fields]}
-    model_class = Grant if op == "grant" else Revoke
-    attempts = [
-        lambda: BitmapTransaction.model_validate_json(json.dumps(doc)),
-        lambda: BitmapTransaction.model_validate(doc),
-        lambda: BitmapTransaction(ops=[fields]),
-        lambda: model_class(**{k: v for k, v in fields.items() if k != "op"}),
-    ]
-    for attempt in attempts:
-        if not ok:
-            with pytest.raises(pydantic.ValidationError) as info:
-                attempt()
-            assert [e["loc"][-1] for e in info.value.errors()] == [field]
-            continue
-        result = attempt()
-        op_model = result.ops[0] if isinstance(result, BitmapTransaction) else result
-        assert isinstance(op_model, model_class)
-        assert getattr(op_model, field) == value
-
-
-def test_valid_but_too_far_for_any_bitmap_is_rejected_at_commit() -> None:
-    tx = BitmapTransaction.model_validate_json(
-        json.dumps({"ops": [{"op": "grant", "start": MAX_PAGE - 1, "count": MAX_PAGE}]})
-    )
-    bitmap = aiorcu.Bitmap(100, domain=aiorcu.Domain(name="far"))
-    with pytest.raises(aiorcu.TransactionRejected) as info:
-        bitmap.commit_blocking(tx)
-    assert str(info.value) == rejection_message(0, ("grant", MAX_PAGE - 1, MAX_PAGE), 100)
-
-
-def test_a_label_that_cannot_be_dumped_to_json_is_refused() -> None:
-    # JSON input cannot carry a lone surrogate (the parser refuses it), a
-    # Python str can; the model must refuse it rather than fail to dump later.
-    with pytest.raises(pydantic.ValidationError, match="lone surrogate"):
-        BitmapTransaction.model_validate({"label": "page \ud800"})
-    assert BitmapTransaction(label="page é").model_dump_json().endswith('"label":"page é"}')
-
-
-# -- 4. GuardedMemory ----------------------------------------------------------------------
-
-PAGE_SIZES = st.sampled_from([1, 2, 3, 7, 8, 63, 64, 100]) | st.integers(1, 130)
-
-
-@st.composite
-def spans(draw: st.DrawFn, size: int, page_size: int) -> tuple[int, int]:
-    """An in-bounds ``(offset, length)``, often starting or ending on a page edge."""
-    pages = size // page_size
-    edge = st.integers(0, pages).map(lambda p: p * page_size)
-    near_edge = st.tuples(edge, st.integers(-1, 1)).map(lambda t: min(size, max(0, t[0] + t[1])))
-    offset = draw(st.integers(0, size) | near_edge)
-    end = draw(st.integers(offset, size) | near_edge.map(lambda e: max(e, offset)))
-    return offset, end - offset
-
-
-Action = tuple[str, Any]
-
-
-@_settings(200)
-@given(
-    pages=st.integers(1, 24),
-    page_size=PAGE_SIZES,
-    initial=st.booleans(),
-    data=st.data(),
-)
-def test_guarded_memory_agrees_with_a_bytearray(
-    pages: int, page_size: int, initial: bool, data: st.DataObject
-) -> None:
-    mem = aiorcu.GuardedMemory(pages, page_size, domain=aiorcu.Domain(name="mem"), initial=initial)
-    size = pages * page_size
-    assert mem.size == size
-    model = bytearray(size)
-    allowed = set(range(pages)) if initial else set()
-
-    def set_access(new: set[int], sync: Sync = "auto") -> None:
-        ops = [("revoke", 0, pages)] + [("grant", p, 1) for p in sorted(new)]
-        mem.bitmap.commit_blocking(make_tx(ops, sync))  # type: ignore[arg-type]
-
-    def check_contents() -> None:
-        # Every byte, by opening every page for a moment.
-        set_access(set(range(pages)), "never")
-        assert mem.read(0, size) == model
-        set_access(allowed, "never")
-
-    def first_denied(offset: int, length: int) -> int | None:
-        if not length:
-            return None
-        touched = range(offset // page_size, (offset + length - 1) // page_size + 1)
-        return next((p for p in touched if p not in allowed), None)
-
-    def denied_message(what: str, offset: int, length: int, page: int) -> str:
-        return (
-            f"{what} of {length} bytes at offset {offset} denied: page {page} (bytes "
-            f"{page * page_size}..{(page + 1) * page_size - 1}) is not accessible; "
-            "no byte was moved"
-        )
-
-    # Random contents first, written while every page is open.
-    set_access(set(range(pages)), "never")
-    model[:] = data.draw(st.binary(min_size=size, max_size=size), label="contents")
-    mem.write(0, model)
-    set_access(allowed, "never")
-
-    for _ in range(data.draw(st.integers(1, 12), label="steps")):
-        action = data.draw(st.sampled_from(["access", "read", "read_into", "write", "bad_span"]))
-        if action == "access":
-            allowed = set(data.draw(st.sets(st.integers(0, pages - 1)), label="allowed"))
-            set_access(allowed, data.draw(st.sampled_from(SYNCS)))
-            continue
-        if action == "bad_span":
-            offset = data.draw(st.integers(-(2**40), 2 * size + 2))
-            length = data.draw(st.integers(0, size + 2))
-            if offset >= 0 and offset + length <= size:
-                offset = -1 - length
-            where = (
-                f"bytes {offset}..{offset + length - 1} are outside the memory (0..{size - 1})"
-                if length
-                else f"offset {offset} is outside the memory (0..{size})"
-            )
-            with pytest.raises(IndexError) as info:
-                mem.read(offset, length)
-            assert str(info.value) == f"GuardedMemory.read: {where}"
-            with pytest.raises(IndexError) as info:
-                mem.write(offset, b"x" * length)
-            assert str(info.value) == f"GuardedMemory.write: {where}"
-            with pytest.raises(IndexError) as info:
-                mem.read_into(offset, bytearray(length))
-            assert str(info.value) == f"GuardedMemory.read_into: {where}"
-            with pytest.raises(ValueError, match="length must not be negative"):
-                mem.read(0, -1 - length)
-            check_contents()
-            continue
-        offset, length = data.draw(spans(size, page_size), label="span")
-        denied = first_denied(offset, length)
-        if action == "read":
-            if denied is None:
-                assert mem.read(offset, length) == model[offset : offset + length]
-            else:
-                with pytest.raises(aiorcu.AccessDenied) as info:
-                    mem.read(offset, length)
-                assert info.value.page == denied
-                assert str(info.value) == denied_message("read", offset, length, denied)
-        elif action == "read_into":
-            # A window into a larger buffer: bytes outside it must not change either.
-            pad = data.draw(st.integers(0, 3))
-            backing = bytearray(b"\xa5" * (length + 2 * pad))
-            window = memoryview(backing)[pad : pad + length]
-            if denied is None:
-                assert mem.read_into(offset, window) == length
-                assert backing == b"\xa5" * pad + model[offset : offset + length] + b"\xa5" * pad
-            else:
-                with pytest.raises(aiorcu.AccessDenied) as info:
-                    mem.read_into(offset, window)
-                assert info.value.page == denied
-                assert str(info.value) == denied_message("read", offset, length, denied)
-                assert backing == b"\xa5" * (length + 2 * pad)
-        else:
-            payload = data.draw(st.binary(min_size=length, max_size=length), label="payload")
-            source: Any = payload
-            if length % 2 == 0 and data.draw(st.booleans()):
-                source = array("H", payload)  # any buffer, counted in bytes
-            if denied is None:
-                mem.write(offset, source)
-                model[offset : offset + length] = payload
-            else:
-                with pytest.raises(aiorcu.AccessDenied) as info:
-                    mem.write(offset, source)
-                assert info.value.page == denied
-                assert str(info.value) == denied_message("write", offset, length, denied)
-            check_contents()
-    check_contents()

@@ -1,19 +1,15 @@
 """examples/page_visibility: no access to a page completes after its revocation returned.
 
-The service checks the invariant itself (a ledger of revocation windows
-against timestamps the accessors take inside their read sections); these
-tests run it with its real HTTP server and load generator, and show with a
-busted domain that the same check does catch accesses that outlive a commit.
+The example's harness (``harness.py``) checks the invariant while the service
+runs (a ledger of revocation windows against timestamps the accessors take
+inside their read sections); these tests run the checked service with its
+real HTTP server and the harness's load generator, and show with a busted
+domain that the same check does catch accesses that outlive a commit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -21,22 +17,14 @@ import httpx
 import aiorcu
 from aiorcu import testing
 
-SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "page_visibility" / "service.py"
+from .examples import load_example, run_example
+
 SECONDS = 2.0
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("page_visibility_service", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run_demo(domain: aiorcu.Domain) -> Any:
-    service = _load()
-    return asyncio.run(service.run_demo(SECONDS, service.PageService(domain)))
+    harness = load_example("page_visibility", "harness")
+    return asyncio.run(harness.run_demo(SECONDS, harness.CheckedPageService(domain)))
 
 
 def test_invariant_holds_under_load() -> None:
@@ -81,9 +69,9 @@ def test_negative_control_busted_domain_shows_violations() -> None:
 
 
 def test_control_plane_answers() -> None:
-    service = _load()
-    page_service = service.PageService(aiorcu.Domain(name="pages-http"), threads=1, tasks=1)
-    everything = list(range(service.PAGES))
+    harness = load_example("page_visibility", "harness")
+    page_service = harness.CheckedPageService(aiorcu.Domain(name="pages-http"), threads=1, tasks=1)
+    everything = list(range(harness.PAGES))
 
     def client(url: str) -> dict[str, Any]:
         with httpx.Client(base_url=url, timeout=30.0) as http:
@@ -115,7 +103,7 @@ def test_control_plane_answers() -> None:
             too_far = {
                 "ops": [
                     {"op": "grant", "start": 0, "count": 2},
-                    {"op": "revoke", "start": service.PAGES - 1, "count": 2},
+                    {"op": "revoke", "start": harness.PAGES - 1, "count": 2},
                 ]
             }
             rejected = http.post("/transactions", json=too_far)
@@ -127,7 +115,7 @@ def test_control_plane_answers() -> None:
             stats: dict[str, Any] = http.get("/stats").json()
             return stats
 
-    stats = asyncio.run(service.serve_while(page_service, client))
+    stats = asyncio.run(harness.serve_while(page_service, client))
     assert stats["commits"] == 1
     assert stats["malformed"] == 2
     assert stats["rejected"] == 1
@@ -136,13 +124,7 @@ def test_control_plane_answers() -> None:
 
 
 def test_runs_with_one_command() -> None:
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--demo", "--seconds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = run_example("page_visibility", "service", "--demo", "--seconds", "1")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "violations 0, ledger errors 0: held" in out.stdout
     assert "malformed 422: 0" not in out.stdout

@@ -1,4 +1,10 @@
-"""After fork() the child has a working domain and no phantom readers."""
+"""After fork() the child has a working domain and no phantom readers.
+
+Also the fault case: a fork while a thread writer, an async waiter and a
+callback batch are all blocked on a reader.  The child starts with no
+phantom readers, an empty callback queue and working grace periods; the
+parent is not disturbed and runs its own callback once.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,26 @@ import contextvars
 import json
 import multiprocessing
 import os
+import select
+import signal
 import threading
 import time
+import traceback
+from collections.abc import Callable
+
+import anyio
+import pytest
 
 import aiorcu
 
-from .conftest import hold_section
+from .conftest import (
+    HANG_GUARD,
+    Background,
+    background_synchronize,
+    hold_section,
+    still_waiting,
+    wait_for,
+)
 
 
 def _child_status(pid: int) -> int:
@@ -219,4 +239,127 @@ def test_a_dropped_sections_late_exit_in_the_child_changes_nothing() -> None:
     result = _read_child(pid, pipe_r)
     ctx.run(foreign.__aexit__, None, None, None)
     assert result == {"before": 1, "after": 1, "left": 0, "synchronized": True}
+    assert d.stats().readers_active == 0
+
+
+# -- fork while writers, waiters and callbacks are blocked on a reader -------------
+
+
+def _fork_and_collect(child: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Runs ``child()`` in a fork child; returns what it reported through a pipe.
+
+    The child ends with os._exit (never returns into pytest); the parent
+    kills it if it does not report within the hang guard.
+    """
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(rfd)
+            try:
+                report = child()
+            except BaseException:
+                report, code = {"error": traceback.format_exc()}, 1
+            os.write(wfd, json.dumps(report).encode())
+            os.close(wfd)
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    data = b""
+    deadline = time.monotonic() + HANG_GUARD
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([rfd], [], [], max(left, 0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("fork child hung")
+            chunk = os.read(rfd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(rfd)
+        _, status = os.waitpid(pid, 0)
+    result: dict[str, object] = json.loads(data or b"{}")
+    assert os.waitstatus_to_exitcode(status) == 0, result.get("error", result)
+    return result
+
+
+@pytest.mark.fallback
+def test_fork_while_writers_waiters_and_callbacks_are_blocked_on_a_reader() -> None:
+    """Forks while a thread writer, an async waiter and a callback batch wait.
+
+    Documented (``call_after_grace_period``, ``aiorcu/_callbacks.py``): a fork
+    child starts with an empty callback queue; what was queued belongs to the
+    parent, which runs it (exactly once, there).
+    """
+    d = aiorcu.Domain(name="fork-faults")
+    holder, leave = hold_section(d, "parent-reader")
+    ran: list[str] = []
+    writer = background_synchronize(d)
+
+    async def async_waiter() -> None:
+        await d.synchronize()
+
+    waiter = Background(lambda: asyncio.run(async_waiter()), name="async-waiter")
+    d.call_after_grace_period(ran.append, "parent")
+    try:
+        wait_for(lambda: d._worker.pending == 1, "the async waiter was not offloaded")
+        wait_for(lambda: d._callbacks._in_flight == 1, "the callback batch was not taken")
+        time.sleep(0.05)  # let the writers block inside the C wait
+        assert not writer.done.is_set() and not waiter.done.is_set()
+
+        def child() -> dict[str, object]:
+            out: dict[str, object] = {}
+            stats = d.stats()
+            out["readers_active"] = stats.readers_active
+            out["threads_registered"] = stats.threads_registered
+            out["callbacks_pending"] = stats.callbacks_pending
+            out["worker_pending"] = d._worker.pending
+            d.synchronize_blocking(timeout=5)  # no phantom reader to wait for
+            # A reader of the child's own is waited for, by threads and tasks.
+            reader, child_leave = hold_section(d, "child-reader")
+            sync = background_synchronize(d)
+            out["thread_writer_waited"] = still_waiting(sync)
+
+            async def bounded_synchronize() -> None:
+                with anyio.fail_after(10):
+                    await d.synchronize()
+
+            task = Background(lambda: asyncio.run(bounded_synchronize()), name="child-task")
+            out["task_waiter_waited"] = still_waiting(task)
+            child_leave.set()
+            reader.join()
+            sync.result()
+            task.result()
+            d.call_after_grace_period(ran.append, "child")
+            d.barrier_blocking()
+            out["ran"] = list(ran)  # the parent's callback must not be among them
+            out["readers_active_after"] = d.stats().readers_active
+            return out
+
+        result = _fork_and_collect(child)
+    finally:
+        # The parent was not disturbed: everything still waits for its reader.
+        parent_still_waiting = not writer.done.is_set() and not waiter.done.is_set()
+        parent_ran_early = list(ran)
+        leave.set()
+        holder.join()
+    assert result == {
+        "readers_active": 0,
+        "threads_registered": 0,
+        "callbacks_pending": 0,
+        "worker_pending": 0,
+        "thread_writer_waited": True,
+        "task_waiter_waited": True,
+        "ran": ["child"],
+        "readers_active_after": 0,
+    }
+    assert parent_still_waiting and parent_ran_early == []
+    writer.result()
+    waiter.result()
+    d.barrier_blocking()
+    assert ran == ["parent"]
     assert d.stats().readers_active == 0
