@@ -42,6 +42,9 @@ class ThreadInfo:
 
     slot: int
     serial: int
+    """The thread's serial (``aiorcu_thread_serial``): names it in messages."""
+    token: int
+    """The slot's owner word while this thread owns it."""
     ident: int
     native_id: int | None
     name: str
@@ -52,13 +55,13 @@ class ThreadInfo:
 class _Registration:
     """A thread's slot in one domain; lives only in that thread's local storage."""
 
-    __slots__ = ("line", "pid", "registry", "serial", "slot")
+    __slots__ = ("line", "pid", "registry", "slot", "token")
 
-    def __init__(self, registry: ThreadRegistry, slot: int, line: int, serial: int) -> None:
+    def __init__(self, registry: ThreadRegistry, slot: int, line: int, token: int) -> None:
         self.registry = weakref.ref(registry)
         self.slot = slot
         self.line = line
-        self.serial = serial
+        self.token = token
         self.pid = os.getpid()
 
     def __del__(self) -> None:
@@ -68,7 +71,7 @@ class _Registration:
         try:
             registry = self.registry()
             if registry is not None and self.pid == os.getpid():
-                registry.release(self.slot, self.serial, "exited")
+                registry.release(self.slot, self.token, "exited")
         except Exception:  # interpreter shutdown: modules may be half gone
             pass
 
@@ -98,7 +101,7 @@ class ThreadRegistry:
         Called by the C read path when its thread-local cache misses.
         """
         reg: _Registration | None = getattr(self._local, "reg", None)
-        if reg is not None and self._core.slot_counts(reg.slot)[0] == reg.serial:
+        if reg is not None and self._core.slot_counts(reg.slot)[0] == reg.token:
             return reg.line
         if not create:
             return None
@@ -107,9 +110,11 @@ class ThreadRegistry:
         serial = _hotpath.thread_serial()
         thread = threading.current_thread()
         slot = self._core.slot_alloc(threading.get_native_id())
+        token = self._core.slot_counts(slot)[0]
         info = ThreadInfo(
             slot=slot,
             serial=serial,
+            token=token,
             ident=threading.get_ident(),
             native_id=threading.get_native_id(),
             name=thread.name,
@@ -120,23 +125,23 @@ class ThreadRegistry:
             self._names[serial] = thread.name
             while len(self._names) > _NAMES_KEPT:
                 self._names.popitem(last=False)
-        reg = _Registration(self, slot, self._core.slot_line(slot), serial)
+        reg = _Registration(self, slot, self._core.slot_line(slot), token)
         self._local.reg = reg
         return reg.line
 
     def current_slot(self) -> int:
         """The calling thread's slot, or -1 (never registers)."""
         reg: _Registration | None = getattr(self._local, "reg", None)
-        if reg is not None and self._core.slot_counts(reg.slot)[0] == reg.serial:
+        if reg is not None and self._core.slot_counts(reg.slot)[0] == reg.token:
             return reg.slot
         return -1
 
-    def release(self, slot: int, serial: int, how: str) -> int | None:
-        """Releases ``slot`` if ``serial`` still owns it; the sections dropped, or None."""
-        dropped = self._core.slot_release(slot, serial)
+    def release(self, slot: int, token: int, how: str) -> int | None:
+        """Releases ``slot`` if ``token`` still owns it; the sections dropped, or None."""
+        dropped = self._core.slot_release(slot, token)
         if dropped is None:
             return None
-        self._forget(slot, serial, dropped, how)
+        self._forget(slot, token, dropped, how)
         return dropped
 
     def release_if_dead(self, slot: int) -> bool:
@@ -144,15 +149,15 @@ class ThreadRegistry:
         released = self._core.slot_release_if_dead(slot)
         if released is None:
             return False
-        serial, dropped = released
-        self._forget(slot, serial, dropped, "has exited")
+        token, dropped = released
+        self._forget(slot, token, dropped, "has exited")
         return True
 
-    def _forget(self, slot: int, serial: int, dropped: int, how: str) -> None:
+    def _forget(self, slot: int, token: int, dropped: int, how: str) -> None:
         """The registry's side of a release: the owner is gone; report open sections."""
         with self._lock:
             info = self._threads.get(slot)
-            if info is not None and info.serial == serial:
+            if info is not None and info.token == token:
                 del self._threads[slot]
             else:
                 info = None
@@ -181,7 +186,7 @@ class ThreadRegistry:
 
     def describe(self, var: contextvars.ContextVar[object], slot: int, blocked_ns: int) -> str:
         """One slot's owner and open sections, for stall reports and timeouts."""
-        owner, counts = self._core.slot_counts(slot)
+        _, counts = self._core.slot_counts(slot)
         info = self.info(slot)
         text = f"thread {_thread_words(info)}"
         if blocked_ns:
@@ -192,7 +197,7 @@ class ThreadRegistry:
         if with_sections:
             details.append(f"{with_sections} `with` section(s)")
         if task_sections:
-            tasks = tasks_inside(var, owner)
+            tasks = tasks_inside(var, info.serial) if info is not None else []
             if tasks:
                 details.append("`async with` in task(s) " + ", ".join(repr(t) for t in tasks))
             else:
@@ -224,6 +229,8 @@ def _thread_words(info: ThreadInfo | None) -> str:
 
 def tasks_inside(var: contextvars.ContextVar[object], owner: int) -> list[str]:
     """Names of the tasks whose context holds an open section entered by thread ``owner``.
+
+    ``owner`` is a thread serial (``aiorcu_thread_serial``).
 
     Diagnostic path for stall warnings: scans the heap for asyncio and trio
     tasks and reads each one's context, so the read path never has to record

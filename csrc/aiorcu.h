@@ -50,10 +50,17 @@
 #define AIORCU_EBARRIER 3 /* no working memory barrier for the readers */
 #define AIORCU_EINVAL 4   /* bitmap op outside the bitmap */
 #define AIORCU_ENOMEM 5   /* out of memory */
+#define AIORCU_ECORRUPT 6 /* a segment or buffer failed validation */
+#define AIORCU_ESYS 7     /* a system call failed (errno says which) */
 
-/* Barrier mechanisms, chosen once per process. */
+/* Barrier mechanisms: a process's private domains use the one chosen at
+ * start-up; a shared domain uses the one its creator recorded. */
 #define AIORCU_MECH_FENCE 0
-#define AIORCU_MECH_MEMBARRIER 1
+#define AIORCU_MECH_MEMBARRIER 1        /* MEMBARRIER_CMD_PRIVATE_EXPEDITED */
+#define AIORCU_MECH_MEMBARRIER_GLOBAL 2 /* MEMBARRIER_CMD_GLOBAL_EXPEDITED (shared) */
+
+/* Shared segments (shared.c). */
+#define AIORCU_NAME_MAX 128 /* bytes of a shared domain's name, NUL included */
 
 /* How a writer waits for readers once its short spin is over. */
 #define AIORCU_WAIT_FUTEX 0 /* sleep; readers wake the writer */
@@ -101,8 +108,10 @@ struct aiorcu_stats {
     uint64_t timeouts;              /* grace periods abandoned at their deadline */
     uint64_t slots_live;            /* slots owned by threads */
     uint64_t slots_capacity;        /* slots allocated */
-    uint64_t dead_readers_released; /* slots released with sections still open */
+    uint64_t dead_readers_released; /* dead threads or processes released (each once) */
     uint64_t sections_open;         /* sum of every slot's counts, a moment's view */
+    uint64_t writer_recoveries;     /* writer mutex found held by a dead process */
+    uint64_t processes_attached;    /* shared: live process entries; private: 1 */
 };
 
 /*
@@ -116,6 +125,8 @@ typedef void (*aiorcu_stall_fn)(void *arg, uint64_t waited_ns, int stage, int ph
 int aiorcu_backend_init(int force_fence);
 int aiorcu_backend_mechanism(void);
 const char *aiorcu_backend_reason(void);
+int aiorcu_backend_global_available(void);
+int aiorcu_backend_register_global(void);
 void aiorcu_fence(void);
 void aiorcu_debug_fail_membarrier(int count, int err);
 
@@ -158,6 +169,42 @@ void aiorcu_domain_set_wait_mode(struct aiorcu_domain *d, int mode);
 void aiorcu_domain_set_stall(struct aiorcu_domain *d, uint64_t first_ns, uint64_t max_ns);
 /* The barrier mode readers of this domain must use (AIORCU_MECH_*). */
 int aiorcu_domain_mechanism(struct aiorcu_domain *d);
+
+/*
+ * Shared domains (shared.c): one domain in a memory segment that several
+ * processes map.  The caller maps the memory (a file in /dev/shm); the core
+ * formats it, validates it, and never trusts a size or index read from it
+ * again.  Each attached process owns an entry whose robust mutex a thread of
+ * its own (the lifeline) holds until it leaves: the kernel marks the mutex
+ * owner-dead when the process dies or execs, which proves the death, and
+ * the writers then release the process's slots.
+ */
+size_t aiorcu_shared_size(uint32_t max_threads);
+/* Formats `size` bytes at `mem` (creator).  `fence`: the domain's readers
+ * use fences (else membarrier GLOBAL_EXPEDITED).  AIORCU_OK or an error. */
+int aiorcu_shared_format(void *mem, size_t size, const char *name, uint32_t max_threads,
+                         int fence);
+/* Validates a segment and returns a handle (not yet joined); on error NULL,
+ * with a message in `why`. */
+struct aiorcu_domain *aiorcu_shared_open(void *mem, size_t size, const char *name, char *why,
+                                         size_t whylen);
+/* Joins the domain: a process entry, its lifeline thread, the membarrier
+ * registration.  AIORCU_OK, AIORCU_ESYS (errno set) or AIORCU_ENOMEM. */
+int aiorcu_shared_join(struct aiorcu_domain *d);
+/* Leaves: releases this process's slots and entry, stops the lifeline. */
+void aiorcu_shared_leave(struct aiorcu_domain *d);
+/* Frees a handle (after leave); the caller unmaps the memory afterwards. */
+void aiorcu_shared_free(struct aiorcu_domain *d);
+/* The domain's recorded mechanism, and whether this process has joined. */
+int aiorcu_shared_joined(struct aiorcu_domain *d);
+/* Fork (see shared.c): the parent makes a bridge slot holding the sections
+ * the child keeps (counts by AIORCU_COUNT(kind, phase)), then names the
+ * child; the child, once joined, adopts the bridge for the forking thread. */
+int aiorcu_shared_fork_prepare(struct aiorcu_domain *d, const uint64_t counts[AIORCU_NCOUNTS]);
+int aiorcu_shared_fork_parent(struct aiorcu_domain *d, int32_t child);
+int aiorcu_shared_adopt(struct aiorcu_domain *d, uint64_t owner_tid);
+/* For reports: a slot's owner pid and thread name (name: 16 bytes). */
+int aiorcu_slot_owner_info(struct aiorcu_domain *d, int slot, int32_t *pid, char *name);
 
 /* Grace periods (grace.c) */
 uint64_t aiorcu_snapshot(struct aiorcu_domain *d);

@@ -73,11 +73,13 @@ static int endpoint_cmp(const void *a, const void *b)
  * page decides its final value, since every op sets its pages to one value. */
 struct heap {
     uint32_t *v;
-    size_t n;
+    size_t n, cap; /* each op is pushed once (at its start), so n <= cap */
 };
 
 static void heap_push(struct heap *h, uint32_t x)
 {
+    if (h->n >= h->cap)
+        return; /* never: every op opens once */
     size_t i = h->n++;
     while (i > 0 && h->v[(i - 1) / 2] < x) {
         h->v[i] = h->v[(i - 1) / 2];
@@ -176,7 +178,7 @@ int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bit
             return AIORCU_EINVAL;
     }
     struct endpoint *ev = malloc(2 * n * sizeof *ev);
-    struct heap h = {malloc(n * sizeof *h.v), 0};
+    struct heap h = {malloc(n * sizeof *h.v), 0, n};
     uint8_t *open = calloc(n, 1);
     if (!ev || !h.v || !open) {
         free(ev);

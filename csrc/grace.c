@@ -91,21 +91,28 @@ uint64_t aiorcu_snapshot(struct aiorcu_domain *d)
      * `started` followed by M1: if we read s, grace period s + 1 begins its
      * M1 after our update, so it covers every reader that could miss it. */
     atomic_thread_fence(memory_order_seq_cst);
-    return atomic_load_explicit(&d->started, memory_order_relaxed) + 1;
+    return atomic_load_explicit(&d->st->started, memory_order_relaxed) + 1;
 }
 
 uint64_t aiorcu_completed(struct aiorcu_domain *d)
 {
     /* Acquire: pairs with the release store of `completed` after M3, so a
      * caller that sees its token complete also sees M3's effects. */
-    return atomic_load_explicit(&d->completed, memory_order_acquire);
+    return atomic_load_explicit(&d->st->completed, memory_order_acquire);
+}
+
+/* The futex word of a private domain is this process's alone; a shared
+ * domain's is in a segment other processes wait on. */
+static int futex_op(struct aiorcu_domain *d, int op)
+{
+    return d->shared ? op : op | FUTEX_PRIVATE_FLAG;
 }
 
 void aiorcu_wake(struct aiorcu_domain *d)
 {
-    if (atomic_exchange(&d->futex, 0) == -1) {
-        atomic_fetch_add_explicit(&d->wakeups, 1, memory_order_relaxed);
-        syscall(SYS_futex, &d->futex, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    if (atomic_exchange(&d->st->futex, 0) == -1) {
+        atomic_fetch_add_explicit(&d->st->wakeups, 1, memory_order_relaxed);
+        syscall(SYS_futex, &d->st->futex, futex_op(d, FUTEX_WAKE), INT_MAX, NULL, NULL, 0);
     }
 }
 
@@ -114,19 +121,21 @@ void aiorcu_wake(struct aiorcu_domain *d)
  * enters after the caller's update (see aiorcu_slot_alloc). */
 static int can_elide(struct aiorcu_domain *d, int caller_slot)
 {
-    pthread_mutex_lock(&d->registry_lock);
-    int alone = d->slots_live == 0 ||
-                (d->slots_live == 1 && caller_slot >= 0 &&
-                 (size_t)caller_slot < d->nchunks * AIORCU_CHUNK_SLOTS &&
+    if (d->shared)
+        return 0; /* "nobody else" would need a registry view of every process */
+    if (aiorcu__registry_lock(d) < 0)
+        return 0;
+    int alone = d->st->slots_live == 0 ||
+                (d->st->slots_live == 1 && aiorcu__slot_valid(d, caller_slot) &&
                  aiorcu__slot(d, caller_slot)->in_use);
-    pthread_mutex_unlock(&d->registry_lock);
+    aiorcu__registry_unlock(d);
     return alone;
 }
 
 static int barrier(struct aiorcu_domain *d, int elide)
 {
     if (elide) {
-        atomic_fetch_add_explicit(&d->barriers_elided, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&d->st->barriers_elided, 1, memory_order_relaxed);
         atomic_thread_fence(memory_order_seq_cst);
         return 0;
     }
@@ -138,8 +147,9 @@ static int scan_clear(struct aiorcu_domain *d, int phase, uint64_t gp)
 {
     int clear = 1;
     uint64_t now = 0;
-    pthread_mutex_lock(&d->registry_lock);
-    size_t n = d->nchunks * AIORCU_CHUNK_SLOTS;
+    if (aiorcu__registry_lock(d) < 0)
+        return 0; /* an unusable segment lock: keep waiting, never pass */
+    size_t n = aiorcu__nslots(d);
     for (size_t i = 0; i < n; i++) {
         struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
         if (!s->in_use)
@@ -159,7 +169,7 @@ static int scan_clear(struct aiorcu_domain *d, int phase, uint64_t gp)
             }
         }
     }
-    pthread_mutex_unlock(&d->registry_lock);
+    aiorcu__registry_unlock(d);
     return clear;
 }
 
@@ -169,6 +179,7 @@ struct gp_wait {
     uint64_t deadline;
     uint64_t next_stall;
     uint64_t stall_interval;
+    uint64_t next_reap; /* shared: next check for dead processes */
     int flags;
     int elide;
     aiorcu_stall_fn stall;
@@ -178,15 +189,15 @@ struct gp_wait {
 static int futex_sleep(struct aiorcu_domain *d, uint64_t ns)
 {
     struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
-    atomic_fetch_add_explicit(&d->futex_sleeps, 1, memory_order_relaxed);
-    long r = syscall(SYS_futex, &d->futex, FUTEX_WAIT_PRIVATE, -1, &ts, NULL, 0);
+    atomic_fetch_add_explicit(&d->st->futex_sleeps, 1, memory_order_relaxed);
+    long r = syscall(SYS_futex, &d->st->futex, futex_op(d, FUTEX_WAIT), -1, &ts, NULL, 0);
     return r < 0 && errno == ETIMEDOUT;
 }
 
 static void stop_waiting(struct aiorcu_domain *d, int phase)
 {
-    atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], 0, memory_order_relaxed);
-    atomic_store_explicit(&d->futex, 0, memory_order_relaxed);
+    atomic_store_explicit(&d->st->ctl.bytes[AIORCU_CTL_WAITING + phase], 0, memory_order_relaxed);
+    atomic_store_explicit(&d->st->futex, 0, memory_order_relaxed);
 }
 
 static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_wait *w)
@@ -209,6 +220,14 @@ static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_w
         uint64_t now = aiorcu_monotonic_ns();
         if (now >= w->deadline)
             return AIORCU_TIMEDOUT;
+        if (d->shared && now >= w->next_reap) {
+            /* A process that died inside a section never leaves it: every
+             * backstop interval, release the slots of processes proven
+             * dead (shared.c), well within 0.5 s of a death. */
+            w->next_reap = now + BACKSTOP_NS;
+            if (aiorcu__reap_dead(d, phase) > 0 && scan_clear(d, phase, w->gp))
+                return AIORCU_OK;
+        }
         if (now >= w->next_stall) {
             if (w->stall)
                 w->stall(w->stall_arg, now - w->start, stage, phase);
@@ -228,11 +247,11 @@ static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_w
                 return AIORCU_OK;
             continue;
         }
-        atomic_store_explicit(&d->futex, -1, memory_order_relaxed);
+        atomic_store_explicit(&d->st->futex, -1, memory_order_relaxed);
         /* Release: a reader that sees the waiting byte also sees futex == -1,
          * so its wake's exchange cannot miss the sleeper (pairs with the
          * acquire load of the waiting byte in aiorcu_read_uncount). */
-        atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_WAITING + phase], 1, memory_order_release);
+        atomic_store_explicit(&d->st->ctl.bytes[AIORCU_CTL_WAITING + phase], 1, memory_order_release);
         /* M2: either a reader's load of the waiting byte after its 1 -> 0
          * decrement (F3) sees 1 and wakes us, or our rescan sees the
          * decrement.  Pairs with F3 (membarrier mode: the IPI stands in for
@@ -249,11 +268,16 @@ static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_w
         uint64_t nap = until - now < BACKSTOP_NS ? until - now : BACKSTOP_NS;
         int timed_out = futex_sleep(d, nap);
         stop_waiting(d, phase);
+        int reaped = 0;
+        if (timed_out && d->shared) {
+            w->next_reap = aiorcu_monotonic_ns() + BACKSTOP_NS;
+            reaped = aiorcu__reap_dead(d, phase) > 0;
+        }
         if (scan_clear(d, phase, w->gp)) {
             /* Readers left but nobody woke us: a lost wake-up that only the
              * backstop caught.  Tests and the torture run assert zero. */
-            if (timed_out && nap == BACKSTOP_NS)
-                atomic_fetch_add_explicit(&d->backstop_timeouts, 1, memory_order_relaxed);
+            if (timed_out && nap == BACKSTOP_NS && !reaped)
+                atomic_fetch_add_explicit(&d->st->backstop_timeouts, 1, memory_order_relaxed);
             return AIORCU_OK;
         }
     }
@@ -262,8 +286,8 @@ static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_w
 static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int caller_slot)
 {
     /* Under the writer mutex; the update was published before the call. */
-    w->gp = atomic_load_explicit(&d->started, memory_order_relaxed) + 1;
-    atomic_store_explicit(&d->started, w->gp, memory_order_relaxed);
+    w->gp = atomic_load_explicit(&d->st->started, memory_order_relaxed) + 1;
+    atomic_store_explicit(&d->st->started, w->gp, memory_order_relaxed);
     writer_jitter();
     w->elide = can_elide(d, caller_slot);
 
@@ -274,7 +298,7 @@ static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int call
         return AIORCU_EBARRIER;
     writer_jitter();
 
-    int cur = atomic_load_explicit(&d->ctl.bytes[AIORCU_CTL_PHASE], memory_order_relaxed);
+    int cur = atomic_load_explicit(&d->st->ctl.bytes[AIORCU_CTL_PHASE], memory_order_relaxed);
     int rc = wait_phase(d, !cur, AIORCU_STAGE_STRAGGLERS, w);
     if (rc != AIORCU_OK)
         return rc;
@@ -282,7 +306,7 @@ static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int call
     /* Plain fences around the flip, as liburcu's smp_mb(): progress (readers
      * see the new phase sooner), not safety. */
     atomic_thread_fence(memory_order_seq_cst);
-    atomic_store_explicit(&d->ctl.bytes[AIORCU_CTL_PHASE], !cur, memory_order_relaxed);
+    atomic_store_explicit(&d->st->ctl.bytes[AIORCU_CTL_PHASE], !cur, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
     writer_jitter();
 
@@ -298,22 +322,40 @@ static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int call
         return AIORCU_EBARRIER;
     writer_jitter();
     /* Release: pairs with the acquire load in aiorcu_completed(). */
-    atomic_store_explicit(&d->completed, w->gp, memory_order_release);
-    atomic_fetch_add_explicit(&d->grace_periods, 1, memory_order_relaxed);
+    atomic_store_explicit(&d->st->completed, w->gp, memory_order_release);
+    atomic_fetch_add_explicit(&d->st->grace_periods, 1, memory_order_relaxed);
     return AIORCU_OK;
+}
+
+/* The writer mutex.  In a segment it is robust: a writer that died holding
+ * it may have flipped the phase without completing, which is an abandoned
+ * grace period; "never un-flip" and the next straggler wait cover it. */
+static int writer_locked(struct aiorcu_domain *d, int rc)
+{
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(&d->st->writer_lock);
+        atomic_fetch_add_explicit(&d->st->writer_recoveries, 1, memory_order_relaxed);
+        return AIORCU_OK;
+    }
+    if (rc == 0)
+        return AIORCU_OK;
+    if (rc == EBUSY)
+        return AIORCU_BUSY;
+    if (rc == ETIMEDOUT)
+        return AIORCU_TIMEDOUT;
+    errno = rc;
+    return AIORCU_ESYS;
 }
 
 static int lock_writer(struct aiorcu_domain *d, uint64_t deadline, int flags)
 {
+    pthread_mutex_t *m = &d->st->writer_lock;
     if (flags & AIORCU_SYNC_TRY)
-        return pthread_mutex_trylock(&d->writer_lock) == 0 ? AIORCU_OK : AIORCU_BUSY;
-    if (deadline == UINT64_MAX) {
-        pthread_mutex_lock(&d->writer_lock);
-        return AIORCU_OK;
-    }
+        return writer_locked(d, pthread_mutex_trylock(m));
+    if (deadline == UINT64_MAX)
+        return writer_locked(d, pthread_mutex_lock(m));
     struct timespec ts = {(time_t)(deadline / 1000000000ull), (long)(deadline % 1000000000ull)};
-    return pthread_mutex_clocklock(&d->writer_lock, CLOCK_MONOTONIC, &ts) == 0 ? AIORCU_OK
-                                                                                 : AIORCU_TIMEDOUT;
+    return writer_locked(d, pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts));
 }
 
 int aiorcu_synchronize(struct aiorcu_domain *d, uint64_t target, int64_t timeout_ns, int flags,
@@ -332,20 +374,20 @@ int aiorcu_synchronize(struct aiorcu_domain *d, uint64_t target, int64_t timeout
     };
     int rc = lock_writer(d, w.deadline, flags);
     if (rc == AIORCU_TIMEDOUT)
-        atomic_fetch_add_explicit(&d->timeouts, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&d->st->timeouts, 1, memory_order_relaxed);
     if (rc != AIORCU_OK)
         return rc;
     /* Another writer may have run a grace period that started after our
      * target was taken while we waited for the mutex: share it. */
     if (aiorcu_completed(d) >= target) {
-        pthread_mutex_unlock(&d->writer_lock);
+        pthread_mutex_unlock(&d->st->writer_lock);
         return AIORCU_OK;
     }
     w.stall_interval = d->stall_first_ns;
     w.next_stall = start + d->stall_first_ns;
     rc = run_grace_period(d, &w, caller_slot);
     if (rc == AIORCU_TIMEDOUT)
-        atomic_fetch_add_explicit(&d->timeouts, 1, memory_order_relaxed);
-    pthread_mutex_unlock(&d->writer_lock);
+        atomic_fetch_add_explicit(&d->st->timeouts, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&d->st->writer_lock);
     return rc;
 }

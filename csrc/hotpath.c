@@ -45,6 +45,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 #include <structmember.h>
 #include <string.h>
 
@@ -60,6 +61,17 @@ typedef uint64_t (*serial_fn)(void);
 static serial_fn thread_serial_fn;
 static _Atomic uint64_t next_domain_serial;
 
+/* Bumped in every fork child (pthread_atfork): sections and cached slots
+ * from before the last fork are told apart by it.  A private domain's
+ * child keeps the forking thread's slot; a shared domain's child counts
+ * its kept sections in a slot of its own (see DomainBase._adopted). */
+static _Atomic uint64_t fork_epoch = 1;
+
+static void fork_child_epoch(void)
+{
+    atomic_fetch_add_explicit(&fork_epoch, 1, memory_order_relaxed);
+}
+
 /* Python objects the C code raises or calls; set by configure(). */
 static PyObject *RcuUsageError;
 static PyObject *iscoroutinefunction;
@@ -70,8 +82,10 @@ static PyObject *str_section_problem; /* "_section_problem" */
 /* --- the calling thread ------------------------------------------------- */
 
 struct cache_entry {
-    uint64_t domain;                  /* domain serial, 0: empty */
-    struct aiorcu_reader_line *line;  /* NULL: the thread has no slot there */
+    uint64_t domain;                 /* domain serial, 0: empty */
+    struct aiorcu_reader_line *line; /* NULL: the thread has no slot there */
+    uint64_t token;                  /* the slot's owner word while it is ours */
+    uint64_t epoch;                  /* fork_epoch when filled */
 };
 
 static _Thread_local struct {
@@ -106,6 +120,13 @@ typedef struct {
     release_fn release;
     int fence; /* readers run F1/F2/F3 as full fences */
     int bound;
+    int shared; /* the slots live in a segment other processes share */
+    /* shared, in a fork child: the forking thread's sections from before
+     * the fork count in `remap_line` (the adopted bridge slot) */
+    uint64_t remap_thread;
+    uint64_t remap_epoch;
+    uint64_t remap_gen;
+    struct aiorcu_reader_line *remap_line;
     PyObject *owner;        /* keeps the memory behind ctl and the slots alive */
     PyObject *var;          /* ContextVar of task-section records */
     PyObject *reader_delay; /* debug: called between phase load and increment */
@@ -121,12 +142,13 @@ static PyTypeObject Section_Type;
 static inline int cache_get(DomainBaseObject *d, struct aiorcu_reader_line **line)
 {
     struct cache_entry *e = &tls.e[d->serial & (CACHE_WAYS - 1)];
-    if (e->domain != d->serial)
+    if (e->domain != d->serial ||
+        e->epoch != atomic_load_explicit(&fork_epoch, memory_order_relaxed))
         return 0;
     struct aiorcu_reader_line *l = e->line;
     /* Relaxed: the owner word changes under the registry lock when the slot
-     * is released; this thread reads its own slot, which only it claims. */
-    if (l && atomic_load_explicit(&l->owner, memory_order_relaxed) != tls.serial)
+     * is released or claimed again; this thread reads its own slot. */
+    if (l && atomic_load_explicit(&l->owner, memory_order_relaxed) != e->token)
         return 0; /* released since: ask the registry again */
     *line = l;
     return 1;
@@ -149,9 +171,8 @@ static int lookup_line(DomainBaseObject *d, int create, struct aiorcu_reader_lin
         Py_DECREF(res);
         if (!l && PyErr_Occurred())
             return -1;
-        if (!l || atomic_load_explicit(&l->owner, memory_order_relaxed) != tls.serial) {
-            PyErr_SetString(PyExc_RuntimeError, "aiorcu: the registry returned a slot this "
-                                                "thread does not own");
+        if (!l || !atomic_load_explicit(&l->owner, memory_order_relaxed)) {
+            PyErr_SetString(PyExc_RuntimeError, "aiorcu: the registry returned a free slot");
             return -1;
         }
     } else {
@@ -164,6 +185,8 @@ static int lookup_line(DomainBaseObject *d, int create, struct aiorcu_reader_lin
     struct cache_entry *e = &tls.e[d->serial & (CACHE_WAYS - 1)];
     e->domain = d->serial;
     e->line = l;
+    e->token = l ? atomic_load_explicit(&l->owner, memory_order_relaxed) : 0;
+    e->epoch = atomic_load_explicit(&fork_epoch, memory_order_relaxed);
     *line = l;
     return 0;
 }
@@ -197,6 +220,7 @@ typedef struct {
     void *context;   /* task sections: identity of the context entered in */
     uint64_t gen;    /* the slot generation of `kind` at entry */
     uint64_t thread; /* serial of the entering thread */
+    uint64_t epoch;  /* fork_epoch at entry */
     _Atomic int state;
     int kind;
     int phase;
@@ -229,7 +253,7 @@ static SectionObject *section_new(DomainBaseObject *d)
     s->line = NULL;
     s->prev = NULL;
     s->context = NULL;
-    s->gen = s->thread = 0;
+    s->gen = s->thread = s->epoch = 0;
     atomic_store_explicit(&s->state, STATE_NEW, memory_order_relaxed);
     s->kind = s->phase = 0;
     return s;
@@ -248,6 +272,22 @@ static inline int section_counted(SectionObject *s)
 static int section_uncount(SectionObject *s, int *released)
 {
     DomainBaseObject *d = s->domain;
+    if (d->shared && s->epoch != atomic_load_explicit(&fork_epoch, memory_order_relaxed)) {
+        /* Entered before a fork, in a shared domain: its count is the
+         * parent's (another process still using it), unless this is the
+         * forking thread's `with` section, which the child counts in the
+         * slot it adopted. */
+        *released = 0;
+        if (s->kind == AIORCU_KIND_THREAD && s->thread == tls.serial &&
+            d->remap_thread == tls.serial && s->epoch < d->remap_epoch && d->remap_line &&
+            atomic_load_explicit(&d->remap_line->gen[s->kind], memory_order_relaxed) ==
+                d->remap_gen) {
+            *released = 1;
+            if (aiorcu_read_uncount(d->ctl, d->remap_line, s->kind, s->phase, d->fence))
+                d->wake(d->core);
+        }
+        return s->thread != tls.serial;
+    }
     if (s->thread == tls.serial) {
         /* The entering thread: its slot cannot be released under it, so
          * the generation check and the decrement need no lock. */
@@ -341,6 +381,7 @@ static int enter_common(SectionObject *s, int kind)
     s->line = line;
     s->gen = atomic_load_explicit(&line->gen[kind], memory_order_relaxed);
     s->thread = tls.serial;
+    s->epoch = atomic_load_explicit(&fork_epoch, memory_order_relaxed);
     s->kind = kind;
     s->phase = p;
     /* Release: pairs with the acq_rel compare-and-swap of the close. */
@@ -599,6 +640,7 @@ static int task_inside(DomainBaseObject *d)
         SectionObject *s = (SectionObject *)r;
         if (s->thread == tls.serial && tls.serial &&
             atomic_load_explicit(&s->state, memory_order_acquire) == STATE_OPEN &&
+            (!d->shared || s->epoch == atomic_load_explicit(&fork_epoch, memory_order_relaxed)) &&
             section_counted(s)) {
             found = 1;
             break;
@@ -699,9 +741,9 @@ static void DomainBase_dealloc(DomainBaseObject *d)
 static PyObject *DomainBase_bind(DomainBaseObject *d, PyObject *args)
 {
     PyObject *owner, *var, *ctl, *core, *wake, *release;
-    int fence;
-    if (!PyArg_ParseTuple(args, "OOOOOOp:_bind", &owner, &var, &ctl, &core, &wake, &release,
-                          &fence))
+    int fence, shared = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOp|p:_bind", &owner, &var, &ctl, &core, &wake, &release,
+                          &fence, &shared))
         return NULL;
     if (d->bound) {
         PyErr_SetString(PyExc_RuntimeError, "aiorcu: domain bound twice");
@@ -724,6 +766,7 @@ static PyObject *DomainBase_bind(DomainBaseObject *d, PyObject *args)
     d->wake = (wake_fn)p_wake;
     d->release = (release_fn)p_release;
     d->fence = fence;
+    d->shared = shared;
     Py_XSETREF(d->owner, Py_NewRef(owner));
     Py_XSETREF(d->var, Py_NewRef(var));
     d->bound = 1;
@@ -759,8 +802,8 @@ static PyObject *DomainBase_thread_counts(DomainBaseObject *d, PyObject *unused)
     uint64_t c[AIORCU_NCOUNTS] = {0};
     for (int i = 0; line && i < AIORCU_NCOUNTS; i++)
         c[i] = atomic_load_explicit(&line->count[i], memory_order_relaxed);
-    return Py_BuildValue("KK", (unsigned long long)(c[0] + c[1]),
-                         (unsigned long long)(c[2] + c[3]));
+    unsigned long long with = c[0] + c[1], tasks = c[2] + c[3];
+    return Py_BuildValue("KK", with, tasks);
 }
 
 static PyObject *DomainBase_set_reader_delay(DomainBaseObject *d, PyObject *fn)
@@ -926,6 +969,88 @@ static PyObject *DomainBase_fork_child(DomainBaseObject *d, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* The forking context's own open task sections on this thread, counted in
+ * `line` under generation `gen` (what a fork child keeps). */
+static int kept_task_record(SectionObject *s, struct aiorcu_reader_line *line, uint64_t gen,
+                            uint64_t epoch, void *context)
+{
+    return atomic_load(&s->state) == STATE_OPEN && s->kind == AIORCU_KIND_TASK &&
+           s->thread == tls.serial && s->line == line && s->context == context &&
+           s->gen == gen && s->epoch == epoch;
+}
+
+/* Shared domains, before a fork: what the child will keep, as counts by
+ * AIORCU_COUNT(kind, phase): this thread's `with` sections and the current
+ * context's own task sections. */
+static PyObject *DomainBase_fork_counts(DomainBaseObject *d, PyObject *unused)
+{
+    struct aiorcu_reader_line *line;
+    unsigned long long c[AIORCU_NCOUNTS] = {0, 0, 0, 0};
+    if (own_line(d, 0, &line) < 0)
+        return NULL;
+    if (line) {
+        PyObject *v;
+        if (PyContextVar_Get(d->var, NULL, &v) < 0)
+            return NULL;
+        void *context = PyThreadState_Get()->context;
+        uint64_t gen = atomic_load(&line->gen[AIORCU_KIND_TASK]);
+        uint64_t epoch = atomic_load(&fork_epoch);
+        for (PyObject *r = v; r && Section_Check(r); r = ((SectionObject *)r)->prev)
+            if (kept_task_record((SectionObject *)r, line, gen, epoch, context))
+                c[AIORCU_COUNT(AIORCU_KIND_TASK, ((SectionObject *)r)->phase)]++;
+        Py_XDECREF(v);
+        for (int p = 0; p < 2; p++)
+            c[AIORCU_COUNT(AIORCU_KIND_THREAD, p)] =
+                atomic_load(&line->count[AIORCU_COUNT(AIORCU_KIND_THREAD, p)]);
+    }
+    return Py_BuildValue("(KKKK)", c[0], c[1], c[2], c[3]);
+}
+
+/* Shared domains, in a fork child on the forking thread, once it adopted
+ * the bridge slot at `line`: the task sections the parent counted there
+ * move to it; `with` sections from before the fork count there from now on
+ * (section_uncount remaps them). */
+static PyObject *DomainBase_adopted(DomainBaseObject *d, PyObject *args)
+{
+    PyObject *addr, *parent_line_addr;
+    unsigned long long parent_task_gen, parent_epoch;
+    if (!PyArg_ParseTuple(args, "OOKK:_adopted", &addr, &parent_line_addr, &parent_task_gen,
+                          &parent_epoch))
+        return NULL;
+    struct aiorcu_reader_line *line = PyLong_AsVoidPtr(addr);
+    struct aiorcu_reader_line *parent_line = PyLong_AsVoidPtr(parent_line_addr);
+    if (PyErr_Occurred())
+        return NULL;
+    if (ensure_serial() < 0)
+        return NULL;
+    uint64_t epoch = atomic_load(&fork_epoch);
+    d->remap_thread = tls.serial;
+    d->remap_epoch = epoch;
+    d->remap_line = line;
+    d->remap_gen = atomic_load(&line->gen[AIORCU_KIND_THREAD]);
+    PyObject *v;
+    if (PyContextVar_Get(d->var, NULL, &v) < 0)
+        return NULL;
+    void *context = PyThreadState_Get()->context;
+    uint64_t gen = atomic_load(&line->gen[AIORCU_KIND_TASK]);
+    for (PyObject *r = v; r && Section_Check(r); r = ((SectionObject *)r)->prev) {
+        SectionObject *s = (SectionObject *)r;
+        if (kept_task_record(s, parent_line, parent_task_gen, parent_epoch, context)) {
+            s->line = line;
+            s->gen = gen;
+            s->epoch = epoch;
+        }
+    }
+    Py_XDECREF(v);
+    Py_RETURN_NONE;
+}
+
+/* The current fork epoch (shared domains record it before a fork). */
+static PyObject *DomainBase_fork_epoch(DomainBaseObject *d, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(atomic_load(&fork_epoch));
+}
+
 static PyMethodDef DomainBase_methods[] = {
     {"read", (PyCFunction)DomainBase_read, METH_NOARGS, NULL},
     {"call_after_grace_period", (PyCFunction)(void (*)(void))DomainBase_call_after,
@@ -940,6 +1065,9 @@ static PyMethodDef DomainBase_methods[] = {
     {"_set_reader_delay", (PyCFunction)DomainBase_set_reader_delay, METH_O, NULL},
     {"_set_callbacks", (PyCFunction)DomainBase_set_callbacks, METH_VARARGS, NULL},
     {"_fork_child", (PyCFunction)DomainBase_fork_child, METH_NOARGS, NULL},
+    {"_fork_counts", (PyCFunction)DomainBase_fork_counts, METH_NOARGS, NULL},
+    {"_adopted", (PyCFunction)DomainBase_adopted, METH_VARARGS, NULL},
+    {"_fork_epoch", (PyCFunction)DomainBase_fork_epoch, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1514,6 +1642,7 @@ static struct PyModuleDef hotpath_module = {
 
 PyMODINIT_FUNC PyInit__hotpath(void)
 {
+    pthread_atfork(NULL, NULL, fork_child_epoch);
     static PyTypeObject *types[] = {&Section_Type,    &Ready_Type,      &DomainBase_Type,
                                     &CellBase_Type,   &BitmapBase_Type, &MemoryBase_Type};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)

@@ -78,25 +78,49 @@ static int attempt(int cmd)
     return sys_membarrier(cmd, 0);
 }
 
+/* 1 when the kernel offers MEMBARRIER_CMD_GLOBAL_EXPEDITED (shared domains). */
+int aiorcu_backend_global_available(void)
+{
+    int cmds = sys_membarrier(MEMBARRIER_CMD_QUERY, 0);
+    return cmds >= 0 && (cmds & MEMBARRIER_CMD_GLOBAL_EXPEDITED) &&
+           (cmds & MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED);
+}
+
+/* Registers this process for GLOBAL_EXPEDITED: its threads then take the
+ * barrier IPI of any process's writer.  Per process (per address space):
+ * a fork child registers again.  0, or -1 with errno. */
+int aiorcu_backend_register_global(void)
+{
+    return sys_membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0) == 0 ? 0 : -1;
+}
+
 int aiorcu__heavy_barrier(struct aiorcu_domain *d)
 {
-    if (mechanism == AIORCU_MECH_FENCE) {
-        /* Readers run full fences F1/F2 themselves; a fence here pairs with
-         * them as in classic RCU. */
+    if (d->mechanism == AIORCU_MECH_FENCE) {
+        /* Readers run full fences F1/F2/F3 themselves; a fence here pairs
+         * with them as in classic RCU. */
         atomic_thread_fence(memory_order_seq_cst);
         return 0;
     }
-    atomic_fetch_add_explicit(&d->membarrier_calls, 1, memory_order_relaxed);
-    if (attempt(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0)
-        return 0;
-    /* Registration lost (possible after fork on some kernels): register
-     * again and retry rather than skip the barrier. */
-    if (errno == EPERM && sys_membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0) == 0 &&
-        attempt(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0)
-        return 0;
+    atomic_fetch_add_explicit(&d->st->membarrier_calls, 1, memory_order_relaxed);
+    if (d->mechanism == AIORCU_MECH_MEMBARRIER_GLOBAL) {
+        /* Every CPU running a thread of a registered process (every
+         * attached process registered before its first section). */
+        if (attempt(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0)
+            return 0;
+    } else {
+        if (attempt(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0)
+            return 0;
+        /* Registration lost (possible after fork on some kernels): register
+         * again and retry rather than skip the barrier. */
+        if (errno == EPERM &&
+            sys_membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0) == 0 &&
+            attempt(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0)
+            return 0;
+    }
     /* Slower but still correct: GLOBAL returns once every running thread of
      * the system has passed a full barrier (a scheduler quiescent state). */
-    atomic_fetch_add_explicit(&d->barrier_fallbacks, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&d->st->barrier_fallbacks, 1, memory_order_relaxed);
     if (attempt(MEMBARRIER_CMD_GLOBAL) == 0)
         return 0;
     return -1;

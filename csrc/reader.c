@@ -27,7 +27,7 @@ void aiorcu_reader_fini(struct aiorcu_reader *r)
 void aiorcu_section_enter(struct aiorcu_reader *r, struct aiorcu_section *s, int kind)
 {
     struct aiorcu_reader_line *line = r->line;
-    int p = aiorcu_read_phase(r->d->ctl.bytes);
+    int p = aiorcu_read_phase(r->d->st->ctl.bytes);
     if (aiorcu_debug_reader_delay)
         aiorcu_debug_reader_delay();
     aiorcu_read_count(line, kind, p, r->fence);
@@ -56,7 +56,7 @@ int aiorcu_section_leave(struct aiorcu_reader *r, struct aiorcu_section *s)
     }
     if (atomic_load_explicit(&line->gen[s->kind], memory_order_relaxed) != s->gen)
         return 0; /* the slot was released (fork): its counts are gone */
-    if (aiorcu_read_uncount(r->d->ctl.bytes, line, s->kind, s->phase, r->fence))
+    if (aiorcu_read_uncount(r->d->st->ctl.bytes, line, s->kind, s->phase, r->fence))
         aiorcu_wake(r->d);
     return 0;
 }
