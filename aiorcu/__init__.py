@@ -19,6 +19,7 @@ from ._errors import (
 from ._hotpath import ReadSection
 from ._memory import GuardedMemory
 from ._records import BackendInfo, DomainStatistics
+from ._shared import SharedDomain
 from ._transaction import BitmapTransaction, CommitReport, Grant, Revoke
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "RcuUsageError",
     "ReadSection",
     "Revoke",
+    "SharedDomain",
     "TransactionRejected",
     "backend_info",
     "global_domain",

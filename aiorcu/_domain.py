@@ -391,7 +391,7 @@ class ReadWriteDomain(_hotpath.DomainBase):
             stall_warnings=self._grace.stalls.warnings,
             callbacks_pending=self._callbacks.pending,
             dead_readers_released=core["dead_readers_released"],
-            processes_attached=1,
+            processes_attached=core["processes_attached"],
             barriers_elided=core["barriers_elided"],
             barrier_fallbacks=core["barrier_fallbacks"],
             writer_sleeps=core["futex_sleeps"],

@@ -75,14 +75,19 @@ class GraceRunner:
         name: The domain's name, for messages.
         var: The domain's context variable of task sections (for reports).
         stall_warning: Seconds before the first stall warning, or None.
+        segment: For a shared domain, its mapped segment and name.
     """
 
     def __init__(
-        self, name: str, var: contextvars.ContextVar[object], stall_warning: float | None
+        self,
+        name: str,
+        var: contextvars.ContextVar[object],
+        stall_warning: float | None,
+        segment: tuple[object, str] | None = None,
     ) -> None:
         self.name = name
         self._var = var
-        self.core = _lowlevel.CoreDomain(_weak(self._on_stall))
+        self.core = _lowlevel.CoreDomain(_weak(self._on_stall), segment)
         self.registry = ThreadRegistry(name, self.core)
         self.stalls = StallReporter(name, self.core, self.registry, var)
         self.busted = False

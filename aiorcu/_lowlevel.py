@@ -9,9 +9,11 @@ does not or when ``AIORCU_MEMBARRIER=off``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -86,6 +88,17 @@ def aiorcu_py_stall(arg: Any, waited_ns: int, stage: int, phase: int) -> None:
         logger.exception("aiorcu stall handler failed")
 
 
+class SegmentError(Exception):
+    """A segment failed validation; the message says how."""
+
+
+def _free_shared(handle: Any, ptr: Any, memory: Any) -> None:
+    lib.aiorcu_shared_free(handle)
+    ffi.release(ptr)
+    with contextlib.suppress(BufferError, ValueError):
+        memory.close()
+
+
 def _address(name: str) -> int:
     """The address of a core function, for the hot-path extension."""
     return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
@@ -95,41 +108,130 @@ THREAD_SERIAL_ADDRESS: Final[int] = _address("aiorcu_thread_serial")
 """``aiorcu_thread_serial``: the extension names threads as the core does."""
 
 
+MAX_SLOTS: Final[int] = lib.AIORCU_MAX_SLOTS
+MECH_FENCE: Final[int] = lib.AIORCU_MECH_FENCE
+MECH_GLOBAL: Final[int] = lib.AIORCU_MECH_MEMBARRIER_GLOBAL
+NAME_MAX: Final[int] = lib.AIORCU_NAME_MAX
+
+
+def shared_size(max_threads: int) -> int:
+    """Bytes of a shared domain's segment with ``max_threads`` reader slots (0: invalid)."""
+    return int(lib.aiorcu_shared_size(max_threads))
+
+
+def global_membarrier_available() -> bool:
+    """Whether the kernel offers MEMBARRIER_CMD_GLOBAL_EXPEDITED."""
+    return bool(lib.aiorcu_backend_global_available())
+
+
+def format_shared(memory: Any, name: str, max_threads: int, fence: bool) -> None:
+    """Formats a new segment (``memory``: a writable buffer, 64-byte aligned)."""
+    ptr = ffi.from_buffer(memory, require_writable=True)
+    try:
+        rc = lib.aiorcu_shared_format(ptr, len(ptr), name.encode(), max_threads, int(fence))
+    finally:
+        ffi.release(ptr)
+    if rc != lib.AIORCU_OK:
+        raise OSError(ffi.errno, f"aiorcu: formatting the segment failed (code {rc})")
+
+
 class CoreDomain:
-    """Owns one C domain and exposes it with Python types.
+    """Owns one C domain handle and exposes it with Python types.
 
     The C memory is freed when this object is; a domain keeps it as the
     owner of its read path, so no section, cell or bitmap can outlive it.
+    A shared domain's handle points into a mapped segment, kept mapped
+    until then too (a section's late exit may still read its slot).
     """
 
-    __slots__ = ("__weakref__", "_d", "_stall_handle", "address")
+    __slots__ = ("__weakref__", "_d", "_stall_handle", "address", "shared")
 
-    def __init__(self, stall: StallHandler) -> None:
-        d = lib.aiorcu_domain_new()
-        if d == ffi.NULL:
-            raise MemoryError("aiorcu: cannot allocate a domain")
-        self._d = ffi.gc(d, lib.aiorcu_domain_free)
+    def __init__(self, stall: StallHandler, segment: tuple[Any, str] | None = None) -> None:
+        self.shared = segment is not None
+        if segment is None:
+            d = lib.aiorcu_domain_new()
+            if d == ffi.NULL:
+                raise MemoryError("aiorcu: cannot allocate a domain")
+            self._d = ffi.gc(d, lib.aiorcu_domain_free)
+        else:
+            memory, name = segment
+            ptr = ffi.from_buffer(memory, require_writable=True)
+            why = ffi.new("char[]", 256)
+            d = lib.aiorcu_shared_open(ptr, len(ptr), name.encode(), why, 256)
+            if d == ffi.NULL:
+                ffi.release(ptr)
+                raise SegmentError(ffi.string(why).decode(errors="replace"))
+            self._d = d
+            # Freed in this order when the domain goes: handle, buffer export,
+            # mapping (weakref.finalize runs after the last reference died).
+            weakref.finalize(self, _free_shared, d, ptr, memory)
         self._stall_handle = ffi.new_handle(stall)
-        self.address = int(ffi.cast("uintptr_t", d))
+        self.address = int(ffi.cast("uintptr_t", self._d))
 
-    def hotpath_binding(self) -> tuple[int, int, int, int, bool]:
-        """``(ctl, core, wake, release, fence)`` for ``DomainBase._bind``."""
+    def hotpath_binding(self) -> tuple[int, int, int, int, bool, bool]:
+        """``(ctl, core, wake, release, fence, shared)`` for ``DomainBase._bind``."""
         return (
             int(ffi.cast("uintptr_t", lib.aiorcu_domain_ctl(self._d))),
             self.address,
             _address("aiorcu_wake"),
             _address("aiorcu_section_release"),
-            lib.aiorcu_domain_mechanism(self._d) == lib.AIORCU_MECH_FENCE,
+            self.mechanism() == lib.AIORCU_MECH_FENCE,
+            self.shared,
         )
+
+    def mechanism(self) -> int:
+        return int(lib.aiorcu_domain_mechanism(self._d))
 
     def slot_alloc(self, owner_tid: int) -> int:
         """Claims a slot for the calling thread."""
         slot: int = lib.aiorcu_slot_alloc(self._d, owner_tid)
         if slot < 0:
+            if self.shared:
+                raise RuntimeError(
+                    "aiorcu: this shared domain has no free reader slot: all of its "
+                    f"{self.stats()['slots_capacity']} slots are taken by threads of attached "
+                    "processes; create it with a larger max_threads"
+                )
             raise RuntimeError(
                 f"aiorcu: no free reader slot ({lib.AIORCU_MAX_SLOTS} threads at most per domain)"
             )
         return slot
+
+    # -- shared domains ----------------------------------------------------------
+    def join(self) -> None:
+        """Joins a shared domain: a process entry, its lifeline, membarrier registration."""
+        rc = lib.aiorcu_shared_join(self._d)
+        if rc == lib.AIORCU_ENOMEM:
+            raise MemoryError("aiorcu: no memory to join the shared domain")
+        if rc != lib.AIORCU_OK:
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
+
+    def joined(self) -> bool:
+        return bool(lib.aiorcu_shared_joined(self._d))
+
+    def leave(self) -> None:
+        lib.aiorcu_shared_leave(self._d)
+
+    def fork_prepare(self, counts: tuple[int, int, int, int]) -> int:
+        """Before a fork: the bridge slot holding what the child keeps, or -1."""
+        return int(lib.aiorcu_shared_fork_prepare(self._d, list(counts)))
+
+    def adopt(self, owner_tid: int) -> int:
+        """In a fork child, after joining: the bridge slot, now this thread's, or -1."""
+        return int(lib.aiorcu_shared_adopt(self._d, owner_tid))
+
+    def slot_set_name(self, slot: int, name: str) -> None:
+        """Records the owner thread's name (15 bytes of it) for other processes' reports."""
+        lib.aiorcu_slot_set_name(self._d, slot, name.encode(errors="replace")[:15])
+
+    def slot_owner_info(self, slot: int) -> tuple[int, str] | None:
+        """``(pid, thread name)`` of a slot's owner, as it recorded them."""
+        pid = ffi.new("int32_t *")
+        name = ffi.new("char[16]")
+        if not lib.aiorcu_slot_owner_info(self._d, slot, pid, name):
+            return None
+        return int(pid[0]), ffi.string(name).decode(errors="replace")
 
     def slot_line(self, slot: int) -> int:
         """The address of the slot's reader line."""

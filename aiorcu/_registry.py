@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from typing import final
 
 from . import _hotpath
@@ -88,6 +89,8 @@ class ThreadRegistry:
     def __init__(self, name: str, core: CoreDomain) -> None:
         self._name = name
         self._core = core
+        self.before_claim: Callable[[], None] = lambda: None
+        """Runs before a thread claims a slot (a shared domain joins lazily)."""
         self._local = threading.local()
         self._lock = threading.Lock()
         self._threads: dict[int, ThreadInfo] = {}  # slot -> owner
@@ -107,9 +110,16 @@ class ThreadRegistry:
             return None
         if reg is not None:
             reg.slot = -1  # its slot was released: its finalizer must not touch the new one
+        self.before_claim()
+        return self._register(self._core.slot_alloc(threading.get_native_id()))
+
+    def adopt(self, slot: int) -> None:
+        """Makes ``slot`` (already this thread's in the core) the calling thread's."""
+        self._register(slot)
+
+    def _register(self, slot: int) -> int:
         serial = _hotpath.thread_serial()
         thread = threading.current_thread()
-        slot = self._core.slot_alloc(threading.get_native_id())
         token = self._core.slot_counts(slot)[0]
         info = ThreadInfo(
             slot=slot,
@@ -125,6 +135,8 @@ class ThreadRegistry:
             self._names[serial] = thread.name
             while len(self._names) > _NAMES_KEPT:
                 self._names.popitem(last=False)
+        if self._core.shared:
+            self._core.slot_set_name(slot, thread.name)
         reg = _Registration(self, slot, self._core.slot_line(slot), token)
         self._local.reg = reg
         return reg.line
@@ -188,7 +200,11 @@ class ThreadRegistry:
         """One slot's owner and open sections, for stall reports and timeouts."""
         _, counts = self._core.slot_counts(slot)
         info = self.info(slot)
-        text = f"thread {_thread_words(info)}"
+        other = self._core.slot_owner_info(slot) if info is None and self._core.shared else None
+        if other is not None and other[0] != os.getpid():
+            text = f"thread {other[1]!r} of process {other[0]}"
+        else:
+            text = f"thread {_thread_words(info)}"
         if blocked_ns:
             text += f" inside for at least {blocked_ns / 1e9:.3f} s"
         details = []
@@ -207,9 +223,20 @@ class ThreadRegistry:
         return text
 
     def after_fork(self) -> None:
-        """In a fork child: only the forking thread's registration is left."""
+        """In a fork child: only the forking thread's registration is left.
+
+        A shared domain's child keeps none: the forking thread's slot is
+        the parent's, and the child adopts a slot of its own (SharedDomain).
+        """
         self._lock = threading.Lock()
         reg: _Registration | None = getattr(self._local, "reg", None)
+        if self._core.shared:
+            if reg is not None:
+                reg.slot = -1  # the parent's slot: never released from here
+                self._local.reg = None
+            self._threads.clear()
+            self._names.clear()
+            return
         keep = self._threads.get(reg.slot) if reg is not None else None
         self._threads.clear()
         self._names.clear()

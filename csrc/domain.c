@@ -64,8 +64,11 @@ static void before_fork(void)
 
 static void after_fork_parent(void)
 {
-    for (struct aiorcu_domain *d = domains; d; d = d->next_domain)
+    for (struct aiorcu_domain *d = domains; d; d = d->next_domain) {
         aiorcu__registry_unlock(d);
+        if (d->shared)
+            aiorcu__shared_after_fork_parent(d);
+    }
     pthread_mutex_unlock(&domains_lock);
     aiorcu__threads_after_fork(0);
 }
@@ -377,6 +380,18 @@ uint64_t aiorcu_slot_counts(struct aiorcu_domain *d, int slot, uint64_t out[AIOR
     }
     aiorcu__registry_unlock(d);
     return owner;
+}
+
+void aiorcu_slot_set_name(struct aiorcu_domain *d, int slot, const char *name)
+{
+    if (aiorcu__registry_lock(d) < 0)
+        return;
+    if (aiorcu__slot_valid(d, slot)) {
+        struct aiorcu_slot *s = aiorcu__slot(d, slot);
+        memset(s->name, 0, sizeof s->name);
+        strncpy(s->name, name, sizeof s->name - 1);
+    }
+    aiorcu__registry_unlock(d);
 }
 
 int aiorcu_slot_owner_info(struct aiorcu_domain *d, int slot, int32_t *pid, char *name)

@@ -121,6 +121,7 @@ typedef struct {
     int fence; /* readers run F1/F2/F3 as full fences */
     int bound;
     int shared; /* the slots live in a segment other processes share */
+    int closed; /* a shared domain this process detached from */
     /* shared, in a fork child: the forking thread's sections from before
      * the fork count in `remap_line` (the adopted bridge slot) */
     uint64_t remap_thread;
@@ -200,10 +201,21 @@ static inline int own_line(DomainBaseObject *d, int create, struct aiorcu_reader
 
 static int check_bound(DomainBaseObject *d)
 {
+    if (d->closed) {
+        PyErr_SetString(RcuUsageError, "this shared domain was closed in this process; "
+                                       "attach again with aiorcu.SharedDomain(name)");
+        return -1;
+    }
     if (d->bound)
         return 0;
     PyErr_SetString(PyExc_RuntimeError, "aiorcu: this domain was not initialised");
     return -1;
+}
+
+static PyObject *DomainBase_unbind(DomainBaseObject *d, PyObject *unused)
+{
+    d->closed = 1;
+    Py_RETURN_NONE;
 }
 
 /* --- sections -------------------------------------------------------------- */
@@ -775,7 +787,7 @@ static PyObject *DomainBase_bind(DomainBaseObject *d, PyObject *args)
 
 static PyObject *DomainBase_read(DomainBaseObject *d, PyObject *unused)
 {
-    if (!d->bound && check_bound(d) < 0)
+    if ((!d->bound || d->closed) && check_bound(d) < 0)
         return NULL;
     return (PyObject *)section_new(d);
 }
@@ -986,6 +998,7 @@ static PyObject *DomainBase_fork_counts(DomainBaseObject *d, PyObject *unused)
 {
     struct aiorcu_reader_line *line;
     unsigned long long c[AIORCU_NCOUNTS] = {0, 0, 0, 0};
+    unsigned long long task_gen = 0, epoch = atomic_load(&fork_epoch);
     if (own_line(d, 0, &line) < 0)
         return NULL;
     if (line) {
@@ -993,17 +1006,17 @@ static PyObject *DomainBase_fork_counts(DomainBaseObject *d, PyObject *unused)
         if (PyContextVar_Get(d->var, NULL, &v) < 0)
             return NULL;
         void *context = PyThreadState_Get()->context;
-        uint64_t gen = atomic_load(&line->gen[AIORCU_KIND_TASK]);
-        uint64_t epoch = atomic_load(&fork_epoch);
+        task_gen = atomic_load(&line->gen[AIORCU_KIND_TASK]);
         for (PyObject *r = v; r && Section_Check(r); r = ((SectionObject *)r)->prev)
-            if (kept_task_record((SectionObject *)r, line, gen, epoch, context))
+            if (kept_task_record((SectionObject *)r, line, task_gen, epoch, context))
                 c[AIORCU_COUNT(AIORCU_KIND_TASK, ((SectionObject *)r)->phase)]++;
         Py_XDECREF(v);
         for (int p = 0; p < 2; p++)
             c[AIORCU_COUNT(AIORCU_KIND_THREAD, p)] =
                 atomic_load(&line->count[AIORCU_COUNT(AIORCU_KIND_THREAD, p)]);
     }
-    return Py_BuildValue("(KKKK)", c[0], c[1], c[2], c[3]);
+    return Py_BuildValue("((KKKK)KKK)", c[0], c[1], c[2], c[3], (unsigned long long)(uintptr_t)line,
+                         task_gen, epoch);
 }
 
 /* Shared domains, in a fork child on the forking thread, once it adopted
@@ -1066,6 +1079,7 @@ static PyMethodDef DomainBase_methods[] = {
     {"_set_callbacks", (PyCFunction)DomainBase_set_callbacks, METH_VARARGS, NULL},
     {"_fork_child", (PyCFunction)DomainBase_fork_child, METH_NOARGS, NULL},
     {"_fork_counts", (PyCFunction)DomainBase_fork_counts, METH_NOARGS, NULL},
+    {"_unbind", (PyCFunction)DomainBase_unbind, METH_NOARGS, NULL},
     {"_adopted", (PyCFunction)DomainBase_adopted, METH_VARARGS, NULL},
     {"_fork_epoch", (PyCFunction)DomainBase_fork_epoch, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},

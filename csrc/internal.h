@@ -163,6 +163,7 @@ int aiorcu__shared_my_proc(struct aiorcu_domain *d); /* this process's entry, or
 void aiorcu__shared_claim(struct aiorcu_domain *d, struct aiorcu_slot *s);
 uint64_t aiorcu__shared_live_processes(struct aiorcu_domain *d);
 void aiorcu__shared_before_fork(struct aiorcu_domain *d);
+void aiorcu__shared_after_fork_parent(struct aiorcu_domain *d);
 void aiorcu__shared_after_fork_child(struct aiorcu_domain *d);
 
 /* The heavy barrier of a grace period: membarrier(PRIVATE_EXPEDITED), or

@@ -40,7 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,10 +102,12 @@ struct aiorcu_segment {
     uint64_t fork_token;
     int child_bridge;
     uint64_t child_token;
+    int fork_sock[2];
+    int child_sock;
     int nbridges;
     struct bridge {
         int slot;
-        int pidfd;
+        int sock; /* the parent's end of the pair: end of file when done */
         uint64_t token;
     } bridges[MAX_BRIDGES];
 };
@@ -232,6 +234,7 @@ struct aiorcu_domain *aiorcu_shared_open(void *mem, size_t size, const char *nam
     seg->my_proc = -1;
     seg->fork_slot = -1;
     seg->child_bridge = -1;
+    seg->child_sock = -1;
     pthread_mutex_init(&seg->wait_lock, NULL);
     pthread_condattr_t cattr;
     pthread_condattr_init(&cattr);
@@ -512,12 +515,15 @@ void aiorcu_shared_free(struct aiorcu_domain *d)
  * context's task sections, and reads the shared data through them: they
  * must be counted from the fork on, in a slot the child will own.  Before
  * the fork (Python's before-fork hook, GIL held) the parent claims a
- * "bridge" slot, owned by its own entry, holding those counts; the child
- * adopts it once it has joined (its own entry, lifeline, membarrier
- * registration).  If the child dies before adopting, the parent, which
- * watches its child through a pidfd taken right after the fork (no race: a
- * child cannot be reaped before its parent waits for it), releases the
- * bridge; if the parent dies, the bridge goes with the parent's slots.
+ * "bridge" slot, owned by its own entry, holding those counts, and a
+ * socket pair.  The child keeps one end open until it has adopted the
+ * bridge (its own entry, lifeline and membarrier registration first); the
+ * parent's lifeline watches the other end.  End of file there means the
+ * child adopted the bridge (the slot's owner word changed) or died before
+ * adopting it (it did not), and then the parent releases the bridge.  A
+ * failed fork closes the child's end at once, so the same rule applies; a
+ * parent that dies takes the bridge with its own slots.  No pid is read:
+ * nothing can make a dead child look alive or a live one dead.
  */
 
 /* Parent, before fork: the bridge slot with the kept counts
@@ -528,9 +534,15 @@ int aiorcu_shared_fork_prepare(struct aiorcu_domain *d, const uint64_t counts[AI
     seg->fork_slot = -1;
     if (seg->my_proc < 0)
         return -1;
-    int slot = aiorcu_slot_alloc(d, 0);
-    if (slot < 0)
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         return -1;
+    int slot = aiorcu_slot_alloc(d, 0);
+    if (slot < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        return -1;
+    }
     struct aiorcu_slot *s = &d->table[slot];
     if (aiorcu__registry_lock(d) >= 0) {
         /* No thread of this process owns the bridge: the janitor must not
@@ -543,37 +555,36 @@ int aiorcu_shared_fork_prepare(struct aiorcu_domain *d, const uint64_t counts[AI
     }
     for (int i = 0; i < AIORCU_NCOUNTS; i++)
         atomic_store(&s->line.count[i], counts[i]);
-    /* The counts are visible before the fork returns (the pthread_atfork
-     * prepare handler takes the registry lock after this): a grace period
-     * that starts from now on waits for the child's copies of the sections
-     * exactly as for the parent's. */
+    /* Full fence: the counts are visible before the fork (and before the
+     * caller goes on): a grace period that starts from here waits for the
+     * child's copies of the sections exactly as for the parent's. */
     atomic_thread_fence(memory_order_seq_cst);
     seg->fork_slot = slot;
     seg->fork_token = atomic_load(&s->line.owner);
+    seg->fork_sock[0] = sv[0];
+    seg->fork_sock[1] = sv[1];
     return slot;
 }
 
-/* Parent, after fork: the bridge now waits for the child to adopt it. */
-int aiorcu_shared_fork_parent(struct aiorcu_domain *d, int32_t child)
+/* Fork, parent (C handler, also after a failed fork): watch the bridge. */
+static void bridge_parent(struct aiorcu_domain *d)
 {
     struct aiorcu_segment *seg = d->seg;
-    int slot = seg->fork_slot;
-    seg->fork_slot = -1;
-    if (slot < 0)
-        return -1;
-    int fd = (int)syscall(SYS_pidfd_open, child, 0);
+    if (seg->fork_slot < 0)
+        return;
+    close(seg->fork_sock[1]); /* the child's end */
     pthread_mutex_lock(&seg->wait_lock);
     if (seg->nbridges < MAX_BRIDGES) {
-        seg->bridges[seg->nbridges].slot = slot;
+        seg->bridges[seg->nbridges].slot = seg->fork_slot;
         seg->bridges[seg->nbridges].token = seg->fork_token;
-        seg->bridges[seg->nbridges].pidfd = fd;
+        seg->bridges[seg->nbridges].sock = seg->fork_sock[0];
         seg->nbridges++;
-    } else if (fd >= 0) {
-        close(fd); /* too many at once: the bridge goes with this process */
+    } else {
+        close(seg->fork_sock[0]); /* too many at once: it goes with this process */
     }
     pthread_cond_broadcast(&seg->wait_cond);
     pthread_mutex_unlock(&seg->wait_lock);
-    return fd >= 0 ? 0 : -1;
+    seg->fork_slot = -1;
 }
 
 /* The lifeline's check of pending bridges (wait_lock held). */
@@ -582,36 +593,34 @@ static void check_bridges(struct aiorcu_domain *d)
     struct aiorcu_segment *seg = d->seg;
     for (int i = 0; i < seg->nbridges;) {
         struct bridge *b = &seg->bridges[i];
-        struct aiorcu_slot *s = &d->table[b->slot];
-        int adopted = atomic_load(&s->line.owner) != b->token;
-        int dead = 0;
-        if (!adopted && b->pidfd >= 0) {
-            struct pollfd pfd = {.fd = b->pidfd, .events = POLLIN};
-            dead = poll(&pfd, 1, 0) > 0;
-        }
-        if (!adopted && !dead && b->pidfd >= 0) {
+        struct pollfd pfd = {.fd = b->sock, .events = POLLIN};
+        if (poll(&pfd, 1, 0) <= 0) { /* the child holds its end: not adopted yet */
             i++;
             continue;
         }
-        if (dead && aiorcu__registry_lock(d) >= 0) {
-            if (s->in_use && atomic_load(&s->line.owner) == b->token) {
-                uint64_t open = aiorcu__drop_owner(d, s);
-                (void)open; /* a child that died before adopting: counted by drop_owner */
-            }
+        /* End of file: adopted, or the child is gone. */
+        struct aiorcu_slot *s = &d->table[b->slot];
+        if (aiorcu__registry_lock(d) >= 0) {
+            if (s->in_use && atomic_load(&s->line.owner) == b->token)
+                aiorcu__drop_owner(d, s); /* died before adopting: counted if inside */
             aiorcu__registry_unlock(d);
             aiorcu_wake(d);
         }
-        if (b->pidfd >= 0)
-            close(b->pidfd);
+        close(b->sock);
         seg->bridges[i] = seg->bridges[--seg->nbridges];
     }
 }
 
-/* Fork, prepare (registry lock held): nothing to do; the bridge was made
- * before, with the GIL. */
+/* Fork, prepare (registry lock held): the bridge was made before, with the
+ * GIL; nothing more. */
 void aiorcu__shared_before_fork(struct aiorcu_domain *d)
 {
     (void)d;
+}
+
+void aiorcu__shared_after_fork_parent(struct aiorcu_domain *d)
+{
+    bridge_parent(d);
 }
 
 /* Fork, child: nothing of the segment is ours to change (the parent
@@ -623,12 +632,19 @@ void aiorcu__shared_after_fork_child(struct aiorcu_domain *d)
     struct aiorcu_segment *seg = d->seg;
     seg->child_bridge = seg->fork_slot;
     seg->child_token = seg->fork_token;
+    seg->child_sock = -1;
+    if (seg->fork_slot >= 0) {
+        close(seg->fork_sock[0]); /* the parent's end */
+        seg->child_sock = seg->fork_sock[1];
+    }
     seg->fork_slot = -1;
+    for (int i = 0; i < seg->nbridges; i++)
+        close(seg->bridges[i].sock); /* the parent's watches */
+    seg->nbridges = 0;
     seg->my_proc = -1;
     seg->lifeline_running = 0;
     seg->held = 0;
     seg->leaving = 0;
-    seg->nbridges = 0; /* the parent's; their pidfds are the parent's too */
     pthread_mutex_init(&seg->wait_lock, NULL);
     pthread_condattr_t cattr;
     pthread_condattr_init(&cattr);
@@ -638,27 +654,32 @@ void aiorcu__shared_after_fork_child(struct aiorcu_domain *d)
 }
 
 /* Child, after joining: takes over the bridge slot for the calling thread.
- * Returns its index, or -1 when there is none (the fork had no sections to
- * keep here) or the parent released it meanwhile. */
+ * Returns its index, or -1 when there is none (the fork kept no section
+ * here) or the parent released it meanwhile (it left the domain). */
 int aiorcu_shared_adopt(struct aiorcu_domain *d, uint64_t owner_tid)
 {
     struct aiorcu_segment *seg = d->seg;
     int slot = seg->child_bridge;
+    int sock = seg->child_sock;
     seg->child_bridge = -1;
+    seg->child_sock = -1;
     struct aiorcu_thread *me = aiorcu__thread_self();
-    if (slot < 0 || seg->my_proc < 0 || !me || aiorcu__registry_lock(d) < 0)
-        return -1;
     int adopted = -1;
-    struct aiorcu_slot *s = &d->table[slot];
-    if ((size_t)slot < d->ntable && s->in_use && atomic_load(&s->line.owner) == seg->child_token) {
-        uint64_t token = atomic_fetch_add(&d->st->next_owner, 1) + 1;
-        atomic_store(&s->line.owner, token);
-        aiorcu__thread_get(me);
-        s->life = me; /* the parent's entry never set one: the bridge had none */
-        s->owner_tid = owner_tid;
-        aiorcu__shared_claim(d, s);
-        adopted = slot;
+    if (slot >= 0 && (size_t)slot < d->ntable && seg->my_proc >= 0 && me &&
+        aiorcu__registry_lock(d) >= 0) {
+        struct aiorcu_slot *s = &d->table[slot];
+        if (s->in_use && atomic_load(&s->line.owner) == seg->child_token) {
+            uint64_t token = atomic_fetch_add(&d->st->next_owner, 1) + 1;
+            atomic_store(&s->line.owner, token);
+            aiorcu__thread_get(me);
+            s->life = me;
+            s->owner_tid = owner_tid;
+            aiorcu__shared_claim(d, s);
+            adopted = slot;
+        }
+        aiorcu__registry_unlock(d);
     }
-    aiorcu__registry_unlock(d);
+    if (sock >= 0)
+        close(sock); /* the parent stops watching */
     return adopted;
 }
