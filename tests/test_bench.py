@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import subprocess
@@ -11,13 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from aiorcu import _bench
+from aiorcu._tools import bench, console
+from aiorcu._tools.bench import cases_app, cases_read, cases_writers, report
+from aiorcu._tools.bench.measure import Result, Settings
+
+TINY = Settings(number=200, repeat=1, scenario_seconds=0.03, quick=True)
 
 
 @pytest.fixture(scope="module")
 def quick_json() -> dict[str, object]:
     proc = subprocess.run(
-        [sys.executable, "-m", "aiorcu._cli", "bench", "--quick", "--json", "--repeat", "2"],
+        [sys.executable, "-m", "aiorcu._tools.cli", "bench", "--quick", "--json", "--repeat", "2"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -37,9 +42,13 @@ def _results(data: dict[str, object]) -> list[dict[str, object]]:
 def test_json_rows_have_every_field(quick_json: dict[str, object]) -> None:
     rows = _results(quick_json)
     assert rows
+    fields = {"name", "ns_per_op", "baseline", "baseline_ns_per_op", "ratio", "goal", "met"}
     for row in rows:
-        assert set(row) >= {"name", "ns_per_op", "baseline", "ratio", "goal", "met"}
+        assert set(row) >= fields | {"unit", "note", "needs_extra"}
         ns = row["ns_per_op"]
+        if row["needs_extra"] is not None:  # an optional package is missing here
+            assert ns is None and "not measured" in str(row["note"])
+            continue
         assert isinstance(ns, (int, float)) and ns > 0 and math.isfinite(ns)
         base = row["baseline_ns_per_op"]
         if row["baseline"] is not None:
@@ -69,38 +78,142 @@ def test_json_covers_the_required_comparisons(quick_json: dict[str, object]) -> 
 
 
 def test_met_follows_the_goal() -> None:
-    row = _bench.Result("x", 250.0, "y", 100.0, goal="<= 2.5x", goal_ratio=2.5)
+    row = Result("x", 250.0, "y", 100.0, goal="<= 2.5x", goal_ratio=2.5)
     assert row.ratio == 2.5 and row.met is True
-    row = _bench.Result("x", 251.0, "y", 100.0, goal="<= 2.5x", goal_ratio=2.5)
+    row = Result("x", 251.0, "y", 100.0, goal="<= 2.5x", goal_ratio=2.5)
     assert row.met is False
-    row = _bench.Result("x", 30_000.0, goal="<= 20 us", goal_ns=20_000)
+    row = Result("x", 30_000.0, goal="<= 20 us", goal_ns=20_000)
     assert row.ratio is None and row.met is False
-    assert _bench.Result("x", 1.0).met is None
-    assert _bench.Result("x", 1.0, "y", 10.0).to_json()["ratio"] == 0.1
+    assert Result("x", 1.0).met is None
+    assert Result("x", 1.0, "y", 10.0).to_json()["ratio"] == 0.1
 
 
-def test_plain_table_lists_every_row(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = [
-        _bench.Result("fast thing", 100.0, "lock", 50.0, goal="<= 2.5x", goal_ratio=2.5),
-        _bench.Result("slow thing", 30_000.0, goal="<= 20 us", goal_ns=20_000, note="why"),
+def _rows() -> list[Result]:
+    return [
+        Result("fast thing", 100.0, "lock", 50.0, goal="<= 2.5x", goal_ratio=2.5),
+        Result("slow thing", 30_000.0, goal="<= 20 us", goal_ns=20_000, note="why"),
+        Result(
+            "a very long benchmark name that keeps going well past any sensible width, on purpose",
+            1234.0,
+            "an equally long baseline name that would push the table past a hundred columns",
+            5678.0,
+            goal=">= 8x faster",
+            goal_ratio=1 / 8,
+            note="a note " * 40,
+        ),
     ]
-    _bench._print_plain(rows, "header")
-    out = capsys.readouterr().out
-    assert "fast thing" in out and "2.00x" in out and "yes" in out
-    assert "slow thing" in out and "30.0 µs" in out and "NO" in out
+
+
+def _print(capsys: pytest.CaptureFixture[str], *flags: str) -> str:
+    report.print_plain(_rows(), ["header"], wide="--wide" in flags, goals="--goals" in flags)
+    return capsys.readouterr().out
+
+
+def test_default_table_fits_in_100_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _print(capsys)
+    assert "fast thing" in out and "2.00x" in out and "30.0 µs" in out
+    assert max(len(line) for line in out.splitlines()) <= report.WIDTH
+    assert "…" in out  # the long names were shortened to fit
+    assert "a note" not in out  # notes are behind --wide
+
+
+def test_no_goal_columns_without_goals(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _print(capsys)
+    head = out.splitlines()[1].split()
+    assert "goal" not in head and "met" not in head
+    assert "yes" not in out and "NO" not in out
+    assert "goals met" not in out
+    assert "--goals" in out  # the hint says where they are
+
+
+def test_goals_shows_goal_and_met(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _print(capsys, "--goals")
+    head = out.splitlines()[1].split()
+    assert head[-2:] == ["goal", "met"]
+    assert "<= 2.5x" in out and "yes" in out and "NO" in out
+    assert "goals met: 1 of 3" in out
+
+
+def test_wide_shows_everything(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _print(capsys, "--wide")
+    assert "an equally long baseline name that would push the table past a hundred columns" in out
     assert "* slow thing: why" in out
+    assert "…" not in out
+
+
+def test_json_keeps_goal_and_met() -> None:
+    data = report.to_json(_rows(), TINY, [])
+    rows = data["results"]
+    assert isinstance(rows, list)
+    assert rows[0]["goal"] == "<= 2.5x" and rows[0]["met"] is True
+    assert rows[1]["met"] is False and rows[1]["note"] == "why"
+
+
+def test_quick_table_fits_and_hides_goals() -> None:
+    """The real default table, end to end: 100 columns, no goal column."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiorcu._tools.cli", "bench", "--quick", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= report.WIDTH, proc.stdout
+    assert "benchmark" in proc.stdout and "goals met" not in proc.stdout
+    assert not any(line.split()[-2:] == ["goal", "met"] for line in lines if line.strip())
+    total = len(bench.CASES)
+    assert f"[bench 1/{total}]" in proc.stderr and f"[bench {total}/{total}]" in proc.stderr
+    assert "left)" in proc.stderr
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)  # import now raises ImportError
+
+
+def test_rows_say_which_extra_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _without(monkeypatch, "readerwriterlock", "readerwriterlock.rwlock", "aiorwlock", "starlette")
+    rows = cases_read.bench_thread_read(TINY) + cases_read.bench_async_read(TINY)
+    rows += cases_writers.bench_writer_scenario(TINY) + cases_app.bench_asgi(TINY)
+    missing = {row.baseline_label or row.name: row for row in rows if row.needs_extra}
+    assert missing["readerwriterlock"].needs_extra == "bench"
+    assert missing["aiorwlock"].needs_extra == "bench"
+    assert "readerwriterlock" in str(missing["readerwriterlock"].note)
+    assert "'bench' extra" in str(missing["aiorwlock"].note)
+    asgi = [row for row in rows if row.name.startswith("ASGI")]
+    assert [row.needs_extra for row in asgi] == ["examples"]
+    assert "starlette" in str(asgi[0].note)
+    # The p99 rows of the lock libraries keep their places too.
+    assert {row.short_name for row in rows if row.needs_extra} >= {
+        "threads: rwlock p99, writer active",
+        "tasks: aiorwlock p99, writer active",
+    }
+    # Measured rows are unaffected; the JSON says null, not NaN.
+    assert all(math.isfinite(row.ns_per_op) for row in rows if not row.needs_extra)
+    assert all(row.to_json()["ns_per_op"] is None for row in rows if row.needs_extra)
+
+    report.print_plain(rows, ["header"])
+    out = capsys.readouterr().out
+    assert "needs [bench]" in out and "needs [examples]" in out
+    words = " ".join(out.split())  # notes are wrapped
+    assert "pip install '.[bench]'" in words and "pip install '.[examples]'" in words
+    assert max(len(line) for line in out.splitlines()) <= report.WIDTH
 
 
 def test_plot_without_matplotlib_fails_clearly(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
+    _without(monkeypatch, "matplotlib")
     parser = argparse.ArgumentParser()
-    _bench.add_arguments(parser)
-    rc = _bench.run(parser.parse_args(["--quick", "--plot", str(tmp_path)]))
+    bench.add_arguments(parser)
+    rc = bench.run(parser.parse_args(["--quick", "--plot", str(tmp_path)]))
     assert rc == 2
     err = capsys.readouterr().err
-    assert "needs matplotlib" in err and "aiorcu[plot]" in err
+    assert "needs matplotlib" in err and "'plot' extra" in err and ".[plot]" in err
     assert not list(tmp_path.iterdir())
 
 
@@ -111,8 +224,57 @@ def test_plot_writes_pngs(tmp_path: Path) -> None:
         def step(self, label: str) -> None:
             pass
 
-    settings = _bench.Settings(number=1000, repeat=1, scenario_seconds=0.05, quick=True)
-    paths = _bench.write_plots(str(tmp_path), settings, Quiet())
+    settings = Settings(number=1000, repeat=1, scenario_seconds=0.05, quick=True)
+    paths = bench.write_plots(str(tmp_path), settings, Quiet())
     assert len(paths) == 4
     for path in paths:
         assert Path(path).read_bytes().startswith(b"\x89PNG")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_shows_n_of_total_and_time_left() -> None:
+    out, clock = io.StringIO(), _Clock()
+    progress = console.Progress(
+        "bench", 3, estimates=[10, 10, 20], stream=out, fancy=False, clock=clock
+    )
+    progress.step("first")
+    clock.now = 5.0  # the first step took half its estimate
+    progress.step("second")
+    clock.now = 10.0
+    progress.step("third")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[bench 1/3] first (about 40 s left)"
+    # The steps so far ran faster than estimated: the rest is scaled down
+    # (damped by a prior of a fifth of the run, 8 s: 30 * 13/18, 20 * 18/28).
+    assert lines[1] == "[bench 2/3] second (about 22 s left)"
+    assert lines[2] == "[bench 3/3] third (about 13 s left)"
+
+
+def test_progress_without_estimates_uses_the_mean_step() -> None:
+    out, clock = io.StringIO(), _Clock()
+    progress = console.Progress("bench", 4, stream=out, fancy=False, clock=clock)
+    progress.step("a")
+    clock.now = 60.0
+    progress.step("b")
+    assert out.getvalue().splitlines() == [
+        "[bench 1/4] a",
+        "[bench 2/4] b (about 3 min 00 s left)",
+    ]
+
+
+def test_progress_of_a_timed_run() -> None:
+    out = io.StringIO()
+    progress = console.Progress("torture", 10, unit="s", every=2, stream=out, fancy=False)
+    for tenth in range(0, 101, 2):
+        progress.update(tenth / 10, "reads 1")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[torture 2.0/10 s] reads 1  (about 8 s left)"
+    assert lines[-1] == "[torture 10.0/10 s] reads 1  (about 0 s left)"
+    assert len(lines) == 5

@@ -1,6 +1,6 @@
 """The torture run: passes clean, catches a busted grace period, judges its own figures.
 
-Runs go through a subprocess (``python -m aiorcu._cli torture --json``) so
+Runs go through a subprocess (``python -m aiorcu._tools.cli torture --json``) so
 their threads, domain and debug hooks never outlive them; one plain-text
 run goes through the CLI in-process.
 """
@@ -18,14 +18,15 @@ from typing import Any
 import pytest
 
 import aiorcu
-from aiorcu import _cli, _lowlevel, _torture, testing
+from aiorcu import _lowlevel, testing
+from aiorcu._tools import cli, torture
 
 from .conftest import HANG_GUARD, STRESS_SECONDS, Background, hold_section
 
 
 def _torture_json(*args: str) -> tuple[int, dict[str, Any]]:
     proc = subprocess.run(
-        [sys.executable, "-m", "aiorcu._cli", "torture", "--json", *args],
+        [sys.executable, "-m", "aiorcu._tools.cli", "torture", "--json", *args],
         capture_output=True,
         text=True,
         timeout=120 + 2 * STRESS_SECONDS,
@@ -88,42 +89,45 @@ def test_jitter_run_passes() -> None:
 
 
 def test_plain_output(capsys: pytest.CaptureFixture[str]) -> None:
-    code = _cli.main(["torture", "--seconds", "1.5", "--threads", "1", "--tasks", "2"])
+    code = cli.main(["torture", "--seconds", "1.5", "--threads", "1", "--tasks", "2"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "age of the objects read" in out
     assert "   10+" in out
-    # stdout is not a terminal: plain progress lines, not a progress bar.
-    assert re.search(r"^\[ +\d+\.\d s\] reads [\d,]+  grace periods", out, re.MULTILINE), out
+    # stdout is not a terminal: plain progress lines (n of N seconds, time left), no bar.
+    progress = r"^\[torture \d+\.\d/1\.5 s\] reads [\d,]+  grace periods .*\(about \d+ s left\)$"
+    assert re.search(progress, out, re.MULTILINE), out
     assert out.rstrip().endswith("OK: no reader saw a retired object")
 
 
 def test_rejects_a_run_without_readers(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli.main(["torture", "--threads", "0", "--tasks", "0"]) == 2
-    assert "at least one reader" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["torture", "--threads", "0", "--tasks", "0"])
+    assert exit_info.value.code == 2
+    assert "at least one reader" in capsys.readouterr().err
 
 
 def test_backstops_are_excused_only_by_long_sections() -> None:
-    assert _torture.judge_backstops(0, 0) is None
-    assert _torture.judge_backstops(2, 2) is None
-    message = _torture.judge_backstops(3, 1)
+    assert torture.judge_backstops(0, 0) is None
+    assert torture.judge_backstops(2, 2) is None
+    message = torture.judge_backstops(3, 1)
     assert message is not None
     assert "at least 2 wake-up(s) were lost" in message
 
 
 def test_rss_growth_is_judged_on_long_runs_only() -> None:
     mib = 2**20
-    assert _torture.judge_rss(600, 40 * mib, 44 * mib) is None
-    message = _torture.judge_rss(600, 40 * mib, 46 * mib)
+    assert torture.judge_rss(600, 40 * mib, 44 * mib) is None
+    message = torture.judge_rss(600, 40 * mib, 46 * mib)
     assert message is not None
     assert "grew 6.0 MiB" in message
-    assert _torture.judge_rss(10, 40 * mib, 60 * mib) is None
+    assert torture.judge_rss(10, 40 * mib, 60 * mib) is None
 
 
 def test_rss_bytes_reads_statm() -> None:
-    before = _torture.rss_bytes()
+    before = torture.rss_bytes()
     block = b"x" * (32 * 2**20)  # written, so resident
-    assert _torture.rss_bytes() > before + 16 * 2**20
+    assert torture.rss_bytes() > before + 16 * 2**20
     del block
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import os
 import random
 import subprocess
@@ -36,6 +35,7 @@ from .measure import (
 )
 
 # -- CPU-bound reader threads: the GIL stretches grace periods ----------------------------
+
 
 def _busy_reader_grace_periods(threads: int, seconds: float) -> list[int]:
     """Grace-period latencies (ns) while ``threads`` threads compute inside sections.
@@ -86,6 +86,7 @@ def bench_busy_readers(s: Settings) -> list[Result]:
                 f"{len(samples)} grace periods; readers compute inside their sections and "
                 f"wait for the GIL there (switch interval {sys.getswitchinterval() * 1e3:g} ms); "
                 "reported, no goal",
+                label=f"grace period p99, {n} busy reader(s)",
             )
         )
     return results
@@ -236,14 +237,16 @@ async def _drive_asgi(app: Any, write: Callable[[], Awaitable[None]], seconds: f
 
 
 def bench_asgi(s: Settings) -> list[Result]:
-    if optional("starlette") is None:
-        return [missing("ASGI lookup service", "examples", "starlette")]
-    kinds = ["rcu", "lock"] + (["rwlock"] if optional("aiorwlock") is not None else [])
     labels = {
         "rcu": "RcuCell + async with domain.read()",
         "lock": "asyncio.Lock",
         "rwlock": "aiorwlock reader/writer",
     }
+    name = f"ASGI lookups, p99 ({labels['rcu']})"
+    label = "ASGI lookup p99 (RcuCell)"
+    if optional("starlette") is None:
+        return [missing(name, "examples", "starlette", label=label, unit="ns (p99)")]
+    kinds = ["rcu", "lock"] + (["rwlock"] if optional("aiorwlock") is not None else [])
     stats: dict[str, tuple[float, float]] = {}
     for kind in kinds:
         app, write = _asgi_app(kind)
@@ -255,7 +258,7 @@ def bench_asgi(s: Settings) -> list[Result]:
         other_rps, other_p99 = stats[kind]
         results.append(
             Result(
-                f"ASGI lookups, p99 ({labels['rcu']})",
+                name,
                 p99,
                 f"same app on {labels[kind]}",
                 other_p99,
@@ -264,6 +267,20 @@ def bench_asgi(s: Settings) -> list[Result]:
                 f"{_ASGI_CLIENTS} in-process clients, Starlette, writer every 10 ms "
                 "(1 ms of GIL-free work: under the write lock for the locks, before "
                 "publishing for aiorcu, which closes the old table after the grace period)",
+                label=label,
+                baseline_label={"lock": "asyncio.Lock app", "rwlock": "aiorwlock app"}[kind],
+            )
+        )
+    if "rwlock" not in kinds:
+        results.append(
+            missing(
+                name,
+                "bench",
+                "aiorwlock",
+                baseline=f"same app on {labels['rwlock']}",
+                label=label,
+                baseline_label="aiorwlock app",
+                unit="ns (p99)",
             )
         )
     return results
@@ -272,13 +289,11 @@ def bench_asgi(s: Settings) -> list[Result]:
 # -- the fence fallback ------------------------------------------------------------
 
 _FENCE_PROBE = """
-import json, sys
-from aiorcu import _bench
-settings = _bench.Settings(number={number}, repeat={repeat}, scenario_seconds=0.5, quick=True)
-class Quiet:
-    def step(self, label): pass
-rows = _bench.bench_thread_read(settings, Quiet()) + _bench.bench_async_read(settings, Quiet())
-print(json.dumps([r.to_json() for r in rows]))
+import dataclasses, json
+from aiorcu._tools.bench import cases_read, measure
+settings = measure.Settings(number={number}, repeat={repeat}, scenario_seconds=0.5, quick=True)
+rows = cases_read.bench_thread_read(settings) + cases_read.bench_async_read(settings)
+print(json.dumps([dataclasses.asdict(r) for r in rows]))
 """
 
 
@@ -289,14 +304,20 @@ def bench_fence_mode(s: Settings) -> list[Result]:
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    rows = json.loads(out.stdout.strip().splitlines()[-1])
-    return [
-        Result(
-            f"fence mode: {row['name']}",
-            row["ns_per_op"],
-            row["baseline"],
-            row["baseline_ns_per_op"],
-            note="readers run full fences (F1/F2); reported, no goal",
+    results = []
+    for fields in json.loads(out.stdout.strip().splitlines()[-1]):
+        row = Result(**fields)
+        results.append(
+            dataclasses.replace(
+                row,
+                name=f"fence mode: {row.name}",
+                label=f"fence: {row.short_name}",
+                goal=None,
+                goal_ratio=None,
+                goal_ns=None,
+                note=row.note
+                if row.needs_extra
+                else "readers run full fences (F1/F2); reported, no goal",
+            )
         )
-        for row in rows
-    ]
+    return results

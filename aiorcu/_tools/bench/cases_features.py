@@ -14,6 +14,7 @@ import aiorcu
 
 from .measure import Result, Settings, best_of, stmt
 
+
 def bench_bitmap(s: Settings) -> list[Result]:
     bitmap_cls = getattr(aiorcu, "Bitmap", None)
     tx_cls = getattr(aiorcu, "BitmapTransaction", None)

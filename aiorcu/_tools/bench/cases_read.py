@@ -131,7 +131,12 @@ def bench_async_read(s: Settings) -> list[Result]:
     else:
         results.append(
             missing(
-                name, "bench", "aiorwlock", baseline=AIORWLOCK, baseline_label="aiorwlock", goal=goal
+                name,
+                "bench",
+                "aiorwlock",
+                baseline=AIORWLOCK,
+                baseline_label="aiorwlock",
+                goal=goal,
             )
         )
     return results

@@ -82,7 +82,7 @@ def bench_synchronize_idle(s: Settings) -> list[Result]:
             goal="<= 10 us",
             goal_ns=10_000,
             label="synchronize_blocking(), no readers",
-            baseline_label="Lock acquire+release",
+            baseline_label="threading.Lock",
         ),
         Result(
             "await synchronize(), no reader active",
@@ -92,7 +92,7 @@ def bench_synchronize_idle(s: Settings) -> list[Result]:
             goal="<= 0.1x",
             goal_ratio=0.1,
             label="await synchronize(), no readers",
-            baseline_label="to_thread round trip",
+            baseline_label="to_thread.run_sync",
         ),
     ]
 

@@ -1,18 +1,13 @@
-"""Watch RCU work: threads and asyncio tasks read while a writer replaces the config.
+"""Watch RCU work: threads and tasks read while a writer replaces a config.
 
-A shared configuration object is published through one reference.  Reader
-threads (``with domain.read():``) and reader tasks (``async with
-domain.read():``, awaiting inside the section) load it and use it.  Writers
-(a thread using ``synchronize_blocking()`` and a task using ``await
-synchronize()``) publish a new version, wait for a grace period, and only
-then retire the old one, marking it dead, the way a real program would free
-it or revoke access to it.
-
-Every reader checks, before leaving its section, that the version it loaded
-has not been retired.  The run prints a summary with the domain's statistics
-and exits 0 when no reader ever saw a retired version, 1 otherwise.  With
-``--busted`` the grace periods stop waiting (a deliberately broken domain),
-and the demo is expected to catch it and exit 1.
+Reader threads and reader tasks keep loading a published configuration
+object and using it; the tasks await while they hold it.  Two writers (a
+thread and a task) publish a new version every few milliseconds, wait for a
+grace period, and only then retire the old version, the way a real program
+would free it.  Every reader checks that the version it holds was never
+retired.  At the end it prints how many reads, versions, grace periods and
+membarrier calls there were, and the longest grace period.  Exit status: 0
+when no reader ever saw a retired version, 1 otherwise, 2 for bad options.
 """
 
 from __future__ import annotations
@@ -20,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import sys
 import threading
 import time
 
 import aiorcu
+from aiorcu import testing
 
-from . import testing
+from .cli import count, positive_float
 
 
 @dataclasses.dataclass
@@ -142,18 +139,33 @@ async def _async_side(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=3.0, help="how long to run (default: 3)")
-    parser.add_argument("--threads", type=int, default=2, help="reader threads (default: 2)")
-    parser.add_argument("--tasks", type=int, default=8, help="reader tasks (default: 8)")
     parser.add_argument(
+        "--seconds", type=positive_float, default=3.0, help="how long to run (default: 3)"
+    )
+    parser.add_argument("--threads", type=count, default=2, help="reader threads (default: 2)")
+    parser.add_argument("--tasks", type=count, default=8, help="reader tasks (default: 8)")
+    advanced = parser.add_argument_group("advanced")
+    advanced.add_argument(
         "--busted",
         action="store_true",
-        help="negative control: grace periods do not wait; the demo must catch it and exit 1",
+        help="negative control: grace periods stop waiting for readers; the run must notice "
+        "and exit 1",
     )
 
 
+def validate(args: argparse.Namespace) -> str | None:
+    """Checks that span several options (the single ones are argparse types)."""
+    if args.threads + args.tasks < 1:
+        return "need at least one reader: --threads or --tasks must be 1 or more"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    domain = aiorcu.Domain(name="demo")
+    problem = validate(args)
+    if problem:
+        print(f"aiorcu watch: {problem}", file=sys.stderr)
+        return 2
+    domain = aiorcu.Domain(name="watch")
     if args.busted:
         testing.set_busted(domain)
     shared = Published()
@@ -172,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     )
     info = aiorcu.backend_info()
     print(
-        f"aiorcu demo: {args.threads} reader threads, {args.tasks} reader tasks, "
+        f"aiorcu watch: {args.threads} reader threads, {args.tasks} reader tasks, "
         f"2 writers, {args.seconds:g} s, backend {info.mechanism}"
         + (" [BUSTED grace periods]" if args.busted else ""),
         flush=True,

@@ -1,4 +1,9 @@
-"""Show which barrier backend this process uses and why."""
+"""Show which barrier backend this process uses and why.
+
+Prints the aiorcu version, the barrier mechanism readers rely on
+(membarrier, or full fences and the reason), the CPU count, the kernel and
+the Python version.  Exit status: 0.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,7 @@ import json
 import os
 import platform
 
-from . import __version__
-from ._domain import backend_info
+import aiorcu
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = backend_info()
+    info = aiorcu.backend_info()
     facts = {
-        "version": __version__,
+        "version": aiorcu.__version__,
         "backend": info.mechanism,
         "membarrier": info.membarrier,
         "fallback_reason": info.reason,
