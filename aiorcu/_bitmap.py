@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from types import TracebackType
-from typing import final
+from typing import TYPE_CHECKING, final
 
+import anyio
 import anyio.lowlevel
 
-from . import _hotpath, _lowlevel
+from . import _buffers, _hotpath, _lowlevel
 from ._cancel import CommitLock, wait_holding_cancellation
-from ._domain import Domain, global_domain
+from ._domain import ReadWriteDomain
+from ._lowlevel import CoreBuffer
 from ._errors import RcuUsageError, TransactionRejected
 from ._transaction import MAX_PAGE, BitmapTransaction, CommitReport, Grant, Revoke, SyncMode
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 12):
+        from collections.abc import Buffer
+    else:
+        from typing_extensions import Buffer
 
 _CoreOps = list[tuple[int, int, bool]]
 
@@ -35,44 +44,107 @@ class Bitmap(_hotpath.BitmapBase):
     after it.  When some page went from accessible to not, the commit waits
     for a grace period before it returns (``sync="auto"``): once it returns,
     no reader that could have seen the page accessible is still inside its
-    section.  Commits are serialized with each other; readers never wait
-    for them.
+    section.  Commits are serialized with each other, across processes
+    too when the bitmap lives in a shared buffer; readers never wait for
+    them.
 
-    The bits live in C memory, 8 bytes per 64 pages: 2**26 pages (256 GiB
-    of 4 KiB pages) take 8 MiB.
+    Memory: 8 bytes per 64 pages (2**26 pages, 256 GiB of 4 KiB pages, take
+    8 MiB) after a 256-byte header, in an anonymous mapping of its own, or
+    in the caller's ``buffer`` (see `buffer_size()` and `attach()`): an
+    mmap'd file, a device region, or ``SharedMemory.buf`` for a bitmap that
+    worker processes share under a `SharedDomain`.
 
     Args:
-        pages: Number of pages, at least 1.
+        pages: Number of pages, 1 to 2**48.
         domain: The domain whose read sections protect the bitmap; the
-            global one by default.
+            global one by default.  A `SharedDomain` needs ``buffer``.
         initial: Whether every page starts accessible.
+        buffer: Memory to format and keep the bitmap in: any writable,
+            C-contiguous buffer of at least ``buffer_size(pages)`` bytes,
+            starting at a 64-byte aligned address.  It is overwritten.
 
     Raises:
-        TypeError: ``pages`` is not an int.
-        ValueError: ``pages`` is out of range.
+        TypeError: ``pages`` is not an int, or ``buffer`` is not a writable
+            buffer.
+        ValueError: ``pages`` is out of range, or ``buffer`` is too small or
+            misaligned.
+        RcuUsageError: ``domain`` is a `SharedDomain` and no ``buffer`` was
+            given (other processes could not see the bitmap).
     """
 
-    __slots__ = ("__weakref__", "_core", "_domain", "_flush_token", "_lock", "_pages")
+    __slots__ = ("__weakref__", "_core", "_domain", "_flush", "_lock", "_pages")
 
-    def __init__(self, pages: int, domain: Domain | None = None, initial: bool = False) -> None:
-        if isinstance(pages, bool) or not isinstance(pages, int):
-            raise TypeError(f"Bitmap pages must be an int, not {type(pages).__name__}")
-        if not 1 <= pages <= MAX_PAGE:
-            raise ValueError(f"Bitmap pages must be between 1 and 2**48, not {pages}")
-        self._domain = domain if domain is not None else global_domain()
-        self._pages = pages
-        self._core = _lowlevel.CoreBitmap(pages, bool(initial))
-        self._bind_words(self._domain, self._core, self._core.address, pages)
-        self._lock = CommitLock()
-        # The token whose grace period flushes every restriction applied so
-        # far; None until the first one.  Written under _lock.
-        self._flush_token: int | None = None
+    def __init__(
+        self,
+        pages: int,
+        domain: ReadWriteDomain | None = None,
+        initial: bool = False,
+        buffer: Buffer | None = None,
+    ) -> None:
+        chosen = _buffers.domain_for("Bitmap", domain)
+        chosen._check_open()
+        core = _buffers.create("Bitmap", pages, 0, chosen, buffer)
+        if initial:
+            core.apply([(0, pages, True)])  # nobody can read it yet
+        self._setup(core, chosen, attached=False)
+
+    @staticmethod
+    def buffer_size(pages: int) -> int:
+        """Bytes a caller's buffer needs for a bitmap of ``pages`` pages.
+
+        Raises:
+            TypeError: ``pages`` is not an int.
+            ValueError: ``pages`` is out of range.
+        """
+        return _buffers.size_of("Bitmap", pages, 0)
+
+    @classmethod
+    def attach(cls, buffer: Buffer, domain: ReadWriteDomain | None = None) -> Bitmap:
+        """The bitmap a `Bitmap` (here or in another process) made in ``buffer``.
+
+        Reads the header once, checks it (magic number, layout version,
+        sizes against the buffer's real length, the recorded domain) and
+        never trusts it again.  The bits are used as they are.
+
+        Args:
+            buffer: The buffer another `Bitmap` was made in.
+            domain: The domain it was made under: the `SharedDomain` of the
+                recorded name, or for a bitmap made under a process-private
+                domain, any `Domain` (the global one by default).
+
+        Raises:
+            AiorcuError: The buffer is not a bitmap, is corrupt, of another
+                layout version, or smaller than its header says.
+            RcuUsageError: ``domain`` is not the domain the buffer records.
+            ValueError: ``buffer`` does not start at a 64-byte aligned address.
+            TypeError: ``buffer`` is not a writable buffer.
+        """
+        core = _buffers.attach("Bitmap", buffer, domain)
+        self = cls.__new__(cls)
+        self._setup(core, _buffers.domain_for("Bitmap", domain), attached=True)
+        return self
+
+    @classmethod
+    def _over(cls, core: CoreBuffer, domain: ReadWriteDomain, attached: bool) -> Bitmap:
+        """The bitmap of a guarded memory's buffer."""
+        self = cls.__new__(cls)
+        self._setup(core, domain, attached)
+        return self
+
+    def _setup(self, core: CoreBuffer, domain: ReadWriteDomain, attached: bool) -> None:
+        self._domain = domain
+        self._pages = core.pages
+        self._core: CoreBuffer | None = core
+        self._bind_words(domain, core, core.words_address, core.pages)
+        self._lock = CommitLock()  # commits of this process, in order, cancel-safe
+        self._flush = _buffers.FlushState(core, domain, attached)
 
     def __repr__(self) -> str:
-        return f"<aiorcu.Bitmap pages={self._pages} domain={self._domain.name!r}>"
+        state = " closed" if self._core is None else ""
+        return f"<aiorcu.Bitmap pages={self._pages} domain={self._domain.name!r}{state}>"
 
     @property
-    def domain(self) -> Domain:
+    def domain(self) -> ReadWriteDomain:
         """The domain whose read sections protect the bitmap."""
         return self._domain
 
@@ -80,6 +152,53 @@ class Bitmap(_hotpath.BitmapBase):
     def pages(self) -> int:
         """Number of pages."""
         return self._pages
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+        return self._core is None
+
+    def close(self) -> None:
+        """Releases the bitmap's memory; the caller may then close its buffer.
+
+        Later reads and commits raise `RcuUsageError`; closing again does
+        nothing.  The bits stay in the buffer for another `attach()`.
+
+        Raises:
+            RcuUsageError: A commit of this bitmap is in progress in this
+                process (close after it returns).
+        """
+        core = self._core
+        if core is None:
+            return
+        if not self._lock.try_acquire():
+            raise RcuUsageError(
+                "Bitmap.close() called while a commit of this bitmap is applying; "
+                "close it after the commit returns"
+            )
+        try:
+            self._unbind_words()
+            self._core = None
+            core.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> Bitmap:
+        self._open_core()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _open_core(self) -> CoreBuffer:
+        if self._core is None:
+            raise RcuUsageError("this bitmap was closed: its buffer was released")
+        return self._core
 
     # -- readers ----------------------------------------------------------------
     # is_set(page), check_range(start, count) and first_clear(start, count)
@@ -136,7 +255,13 @@ class Bitmap(_hotpath.BitmapBase):
             self._domain.check_blocking_wait("Bitmap.commit_blocking()")
         self._lock.acquire_blocking()
         try:
-            granted, revoked, token = self._apply_locked(ops, tx.sync)
+            core = self._open_core()
+            self._domain._check_open()
+            self._after_lock(core.lock(try_only=False))
+            try:
+                granted, revoked, token = self._apply_locked(core, ops, tx.sync)
+            finally:
+                core.unlock()
         finally:
             self._lock.release()
         waited = 0.0
@@ -180,10 +305,24 @@ class Bitmap(_hotpath.BitmapBase):
             self._domain.check_async_wait("Bitmap.commit()")
         await anyio.lowlevel.checkpoint_if_cancelled()
         await self._lock.acquire()
-        # No await from here to the release: a cancellation cannot come
-        # between the lock and the apply.
         try:
-            granted, revoked, token = self._apply_locked(ops, tx.sync)
+            core = self._open_core()
+            self._domain._check_open()
+            # Another process may hold the buffer's lock for the moment of
+            # an apply: poll it, so a cancellation here stays prompt and
+            # applies nothing.
+            state, delay = core.lock(try_only=True), 0.0002
+            while state == _lowlevel.LOCK_BUSY:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.005)
+                state = core.lock(try_only=True)
+            # No await from here to the unlock: a cancellation cannot come
+            # between the lock and the apply.
+            self._after_lock(state)
+            try:
+                granted, revoked, token = self._apply_locked(core, ops, tx.sync)
+            finally:
+                core.unlock()
         finally:
             self._lock.release()
         waited = 0.0
@@ -215,7 +354,13 @@ class Bitmap(_hotpath.BitmapBase):
                 op=op,
             )
 
-    def _apply_locked(self, ops: _CoreOps, sync: SyncMode) -> tuple[int, int, int | None]:
+    def _after_lock(self, state: str) -> None:
+        if state == _lowlevel.LOCK_RECOVERED:
+            self._flush.recovered(repr(self))
+
+    def _apply_locked(
+        self, core: CoreBuffer, ops: _CoreOps, sync: SyncMode
+    ) -> tuple[int, int, int | None]:
         """Applies ops (lock held); returns counts and the token to wait for, if any.
 
         ``"auto"`` waits when this commit revoked a page.  It also waits when
@@ -225,17 +370,19 @@ class Bitmap(_hotpath.BitmapBase):
         pages too, so it must not return before they are flushed.  The
         bitmap keeps one token for the latest restriction, which flushes all
         earlier ones, so that test is "some op here leaves a page revoked
-        and the latest restriction is not flushed yet".
+        and the latest restriction is not flushed yet".  The token lives with
+        the buffer (`_buffers.FlushState`), so for a shared bitmap "earlier"
+        includes other processes' commits.
         """
-        granted, revoked, left_revoked = self._core.apply(ops)
+        granted, revoked, left_revoked = core.apply(ops)
         if revoked:
             # Taken after the stores: its grace period orders them before
             # every reader it waits for (snapshot() fences; M1 pairs with
             # the readers' count increments, F1).
-            self._flush_token = self._domain.snapshot()
+            self._flush.set(self._domain.snapshot())
         if sync == "always":
             return granted, revoked, self._domain.snapshot()
-        token = self._flush_token
+        token = self._flush.token()
         if sync == "auto" and left_revoked and token is not None and not self._domain.poll(token):
             return granted, revoked, token
         return granted, revoked, None

@@ -84,6 +84,14 @@ class CommitLock:
             self._waiters.append(_Waiter(event.set))
         event.wait()
 
+    def try_acquire(self) -> bool:
+        """Takes the lock if nobody holds it or waits for it."""
+        with self._mutex:
+            if self._held:
+                return False
+            self._held = True
+            return True
+
     async def acquire(self) -> None:
         """Takes the lock; a cancelled call returns promptly without it."""
         with self._mutex:

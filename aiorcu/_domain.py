@@ -270,6 +270,9 @@ class ReadWriteDomain(_hotpath.DomainBase):
         self.call_after_grace_period(threadsafe_setter(event))
         await event.wait()
 
+    def _check_open(self) -> None:
+        """Raises `RcuUsageError` if this process detached (a closed `SharedDomain`)."""
+
     # -- polled grace periods -----------------------------------------------------
     def snapshot(self) -> int:
         """Returns a token naming the first grace period that starts after this call.

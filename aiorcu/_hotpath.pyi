@@ -197,6 +197,7 @@ class BitmapBase:
     def _bind_words(
         self, domain: DomainBase, owner: object, address: int, pages: int, /
     ) -> None: ...
+    def _unbind_words(self) -> None: ...
 
 class MemoryBase:
     def read(self, offset: int, length: int, /) -> bytes:
@@ -225,5 +226,7 @@ class MemoryBase:
             IndexError: The span is outside the memory.
             TypeError: ``data`` is not a bytes-like object.
         """
-    def _bind_memory(self, bitmap: BitmapBase, buffer: Buffer, page_size: int, /) -> None: ...
+    def _bind_memory(
+        self, bitmap: BitmapBase, owner: object, address: int, size: int, page_size: int, /
+    ) -> None: ...
     def _unbind_memory(self) -> None: ...

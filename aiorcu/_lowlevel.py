@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import sys
 import weakref
@@ -314,34 +315,142 @@ def describe_size(nbytes: int) -> str:
     return f"{nbytes:,} bytes{readable}"
 
 
-class CoreBitmap:
-    """The words of a page bitmap, in C memory, and the C commit routine.
+LOCK_OK: Final = "ok"
+LOCK_BUSY: Final = "busy"
+LOCK_RECOVERED: Final = "recovered"
 
-    Readers load the words from C (``BitmapBase``) through `address`; only
-    `apply()` stores into them.
+
+class CoreBuffer:
+    """The memory of a bitmap, or of guarded memory: header, words, pages.
+
+    Lives in a buffer the caller gives (any writable, C-contiguous buffer of
+    at least `size()` bytes at a 64-byte aligned address: an mmap,
+    ``SharedMemory.buf``), or in an anonymous mapping of its own.  Readers
+    load the words from C (``BitmapBase``) through `words_address`; only
+    `apply()` stores into them, under `lock()`.
     """
 
-    __slots__ = ("address", "pages", "words")
+    __slots__ = (
+        "_memory",
+        "_own",
+        "_ptr",
+        "_view",
+        "data_address",
+        "data_len",
+        "domain_name",
+        "page_size",
+        "pages",
+        "words_address",
+    )
 
-    def __init__(self, pages: int, initial: bool) -> None:
+    def __init__(self, memory: Any, ptr: Any, view: Any) -> None:
+        self._memory = memory
+        self._own = False  # an anonymous mapping of its own, unmapped by close()
+        self._ptr = ptr
+        self._view = view
+        self.pages = int(view.pages)
+        self.page_size = int(view.page_size)
+        self.words_address = int(ffi.cast("uintptr_t", view.words))
+        self.data_address = int(ffi.cast("uintptr_t", view.data))
+        self.data_len = int(view.data_len)
+        self.domain_name = ffi.string(view.domain).decode(errors="replace")
+
+    @staticmethod
+    def size(pages: int, page_size: int) -> int:
+        """Bytes a buffer needs: header, words (and ``pages * page_size``); 0 if invalid."""
+        return int(lib.aiorcu_buffer_size(pages, page_size))
+
+    @staticmethod
+    def _pointer(memory: Any, need: int) -> Any:
         if sys.byteorder != "little":
             raise RuntimeError("aiorcu bitmaps need a little-endian machine")
-        nwords = max(1, (pages + 63) // 64)
         try:
-            # Zeroed by cffi and freed with this object.
-            self.words: Any = ffi.new("uint64_t[]", nwords)
-        except MemoryError:
-            raise MemoryError(
-                f"aiorcu: a bitmap of {pages:,} pages needs {describe_size(nwords * 8)}, which "
-                "could not be allocated"
+            ptr = ffi.from_buffer(memory, require_writable=True)
+        except TypeError as exc:
+            raise TypeError(
+                f"buffer must be a writable, C-contiguous buffer (an mmap, a bytearray, "
+                f"SharedMemory.buf), not {type(memory).__name__}: {exc}"
             ) from None
-        self.address = int(ffi.cast("uintptr_t", self.words))
-        self.pages = pages
-        if initial:
-            self.apply([(0, pages, True)])
+        address = int(ffi.cast("uintptr_t", ptr))
+        if address % lib.AIORCU_CACHELINE:
+            ffi.release(ptr)
+            raise ValueError(
+                f"buffer must start at a 64-byte aligned address; this one is at 0x{address:x} "
+                f"({address % lib.AIORCU_CACHELINE} bytes past a boundary). An mmap is "
+                "page-aligned; or slice a larger buffer at the right offset"
+            )
+        if need and len(ptr) < need:
+            ffi.release(ptr)
+            raise ValueError(f"buffer is {len(ptr):,} bytes; it must be at least {need:,}")
+        return ptr
+
+    @classmethod
+    def create(
+        cls, pages: int, page_size: int, domain_name: str, memory: Any | None
+    ) -> CoreBuffer:
+        """Formats a new buffer (``memory``, or an anonymous mapping when None)."""
+        need = cls.size(pages, page_size)
+        own = memory is None
+        if memory is None:
+            try:
+                memory = mmap.mmap(-1, need)
+            except (OSError, OverflowError, MemoryError):
+                what = f"GuardedMemory of {pages:,} pages of {page_size:,} bytes" if page_size else (
+                    f"a bitmap of {pages:,} pages"
+                )
+                raise MemoryError(
+                    f"{what} needs {describe_size(need)}, which could not be allocated"
+                ) from None
+        ptr = cls._pointer(memory, need)
+        rc = lib.aiorcu_buffer_format(ptr, len(ptr), pages, page_size, domain_name.encode())
+        if rc != lib.AIORCU_OK:
+            ffi.release(ptr)
+            raise OSError(ffi.errno, "aiorcu: the buffer could not be initialised")
+        core = cls._opened(memory, ptr)
+        core._own = own
+        return core
+
+    @classmethod
+    def open(cls, memory: Any) -> CoreBuffer:
+        """Validates an initialised buffer; SegmentError says what is wrong."""
+        return cls._opened(memory, cls._pointer(memory, 0))
+
+    @classmethod
+    def _opened(cls, memory: Any, ptr: Any) -> CoreBuffer:
+        view = ffi.new("struct aiorcu_buffer_view *")
+        why = ffi.new("char[]", 256)
+        if lib.aiorcu_buffer_open(ptr, len(ptr), view, why, 256) != lib.AIORCU_OK:
+            ffi.release(ptr)
+            raise SegmentError(ffi.string(why).decode(errors="replace"))
+        return cls(memory, ptr, view)
+
+    def close(self) -> None:
+        """Releases the caller's buffer (its export), so the caller may close it.
+
+        Nothing may use the addresses afterwards: the C read paths are
+        unbound first, under the GIL.
+        """
+        ffi.release(self._ptr)
+        if self._own:
+            self._memory.close()
+
+    def lock(self, try_only: bool) -> str:
+        """Takes the commit lock: LOCK_OK, LOCK_BUSY (try only) or LOCK_RECOVERED."""
+        rc = lib.aiorcu_buffer_lock(self._view, int(try_only))
+        if rc == lib.AIORCU_OK:
+            return LOCK_OK
+        if rc == lib.AIORCU_BUSY:
+            return LOCK_BUSY
+        if rc == lib.AIORCU_RECOVERED:
+            return LOCK_RECOVERED
+        err = ffi.errno
+        raise OSError(err, f"aiorcu: the bitmap's commit lock failed: {os.strerror(err)}")
+
+    def unlock(self) -> None:
+        lib.aiorcu_buffer_unlock(self._view)
 
     def apply(self, ops: list[tuple[int, int, bool]]) -> tuple[int, int, int]:
-        """Applies ``(start, count, grant)`` ops in order.
+        """Applies ``(start, count, grant)`` ops in order (lock held).
 
         Returns (granted, revoked, left revoked): bits that went clear->set,
         set->clear, and pages whose last op was a revoke.
@@ -350,9 +459,22 @@ class CoreBitmap:
             return 0, 0, 0
         cops = ffi.new("struct aiorcu_bitmap_op[]", ops)
         out = ffi.new("uint64_t[3]")
-        rc = lib.aiorcu_bitmap_apply(self.words, self.pages, cops, len(ops), out)
+        rc = lib.aiorcu_buffer_apply(self._view, cops, len(ops), out)
         if rc == lib.AIORCU_ENOMEM:
             raise MemoryError("aiorcu: no memory for a bitmap commit; nothing was applied")
         if rc != lib.AIORCU_OK:
             raise ValueError(f"aiorcu: bitmap op outside {self.pages} pages; nothing was applied")
         return int(out[0]), int(out[1]), int(out[2])
+
+    def flush_token(self) -> int:
+        return int(lib.aiorcu_buffer_flush_token(self._view))
+
+    def set_flush_token(self, token: int) -> None:
+        lib.aiorcu_buffer_set_flush_token(self._view, token)
+
+    def take_unflushed(self) -> bool:
+        """Whether a revoke of unknown flush state was left here (and clears the mark)."""
+        return bool(lib.aiorcu_buffer_take_unflushed(self._view))
+
+    def mark_unflushed(self) -> None:
+        lib.aiorcu_buffer_mark_unflushed(self._view)

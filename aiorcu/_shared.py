@@ -228,6 +228,11 @@ class SharedDomain(ReadWriteDomain):
     ) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether this process detached with `close()`."""
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise RcuUsageError(

@@ -234,6 +234,39 @@ int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bit
                         size_t n, uint64_t out[3]);
 
 /*
+ * Bitmaps and guarded memory in a caller's buffer (buffer.c): a validated
+ * header (with the commit lock, robust and process-shared), the words, and
+ * for guarded memory the pages.  All functions take a view filled by
+ * aiorcu_buffer_open, which trusts the header's numbers only once.
+ */
+#define AIORCU_BUF_BITMAP 1
+#define AIORCU_BUF_MEMORY 2
+#define AIORCU_RECOVERED 8 /* aiorcu_buffer_lock: the previous holder died */
+struct aiorcu_buffer_view {
+    int kind;
+    uint64_t pages;
+    uint64_t page_size;
+    uint64_t *words;
+    char *data;
+    size_t data_len;
+    char domain[AIORCU_NAME_MAX];
+    void *header;
+};
+size_t aiorcu_buffer_size(uint64_t pages, uint64_t page_size);
+int aiorcu_buffer_format(void *mem, size_t len, uint64_t pages, uint64_t page_size,
+                         const char *domain);
+int aiorcu_buffer_open(void *mem, size_t len, struct aiorcu_buffer_view *v, char *why,
+                       size_t whylen);
+int aiorcu_buffer_lock(const struct aiorcu_buffer_view *v, int try_only);
+void aiorcu_buffer_unlock(const struct aiorcu_buffer_view *v);
+int aiorcu_buffer_apply(const struct aiorcu_buffer_view *v, const struct aiorcu_bitmap_op *ops,
+                        size_t n, uint64_t out[3]);
+uint64_t aiorcu_buffer_flush_token(const struct aiorcu_buffer_view *v);
+void aiorcu_buffer_set_flush_token(const struct aiorcu_buffer_view *v, uint64_t token);
+int aiorcu_buffer_take_unflushed(const struct aiorcu_buffer_view *v);
+void aiorcu_buffer_mark_unflushed(const struct aiorcu_buffer_view *v);
+
+/*
  * C read sections (reader.c), for C programs and the stress harness; the
  * Python extension (csrc/hotpath.c) uses the same inline steps of reader.h.
  * A reader is one thread's registration in a domain; a section is one

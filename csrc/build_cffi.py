@@ -7,12 +7,21 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["membarrier.c", "thread.c", "domain.c", "shared.c", "grace.c", "reader.c", "bitmap.c"]
+SOURCES = [
+    "membarrier.c",
+    "thread.c",
+    "domain.c",
+    "shared.c",
+    "grace.c",
+    "reader.c",
+    "bitmap.c",
+    "buffer.c",
+]
 
 # What Python reaches of the core.  The declarations themselves are read
 # from aiorcu.h (see cdef_from_header), so the header is the one place they
 # are written; this list only says which ones cffi exposes.
-STRUCTS = ("aiorcu_stats", "aiorcu_bitmap_op")
+STRUCTS = ("aiorcu_stats", "aiorcu_bitmap_op", "aiorcu_buffer_view")
 TYPEDEFS = ("aiorcu_stall_fn",)
 # Functions for C programs only (the C readers, a debug hook variable).
 C_ONLY = frozenset(
@@ -49,7 +58,9 @@ def cdef_from_header(header: str) -> str:
         m = re.search(rf"struct {name} \{{.*?\}};", text, re.DOTALL)
         if m is None:
             raise SystemExit(f"build_cffi: struct {name} not found in aiorcu.h")
-        lines.append(re.sub(r"\s+", " ", m.group(0)))
+        # A member array sized by a macro: cffi lets the compiler size it.
+        struct = re.sub(r"\[[A-Z_][A-Z0-9_]*\]", "[...]", m.group(0))
+        lines.append(re.sub(r"\s+", " ", struct))
     for name in TYPEDEFS:
         m = re.search(rf"typedef [^;]*\b{name}\b[^;]*;", text, re.DOTALL)
         if m is None:

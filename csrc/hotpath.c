@@ -1317,9 +1317,23 @@ static PyObject *range_error(BitmapBaseObject *b, const char *what, PyObject *co
     return NULL;
 }
 
+static int bitmap_open(BitmapBaseObject *b)
+{
+    if (b->words)
+        return 0;
+    PyErr_SetString(RcuUsageError, "this bitmap was closed: its buffer was released");
+    return -1;
+}
+
+static PyObject *BitmapBase_unbind(BitmapBaseObject *b, PyObject *unused)
+{
+    b->words = NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *BitmapBase_is_set(BitmapBaseObject *b, PyObject *arg)
 {
-    if (require_inside(b->domain, "Bitmap.is_set()") < 0)
+    if (bitmap_open(b) < 0 || require_inside(b->domain, "Bitmap.is_set()") < 0)
         return NULL;
     int64_t page;
     if (arg_index(arg, &page) < 0)
@@ -1350,7 +1364,7 @@ static int64_t range_first_clear(BitmapBaseObject *b, const char *what, PyObject
 static PyObject *BitmapBase_check_range(BitmapBaseObject *b, PyObject *const *args,
                                         Py_ssize_t nargs)
 {
-    if (require_inside(b->domain, "Bitmap.check_range()") < 0)
+    if (bitmap_open(b) < 0 || require_inside(b->domain, "Bitmap.check_range()") < 0)
         return NULL;
     int64_t page = range_first_clear(b, "check_range", args, nargs);
     if (page == -2)
@@ -1361,7 +1375,7 @@ static PyObject *BitmapBase_check_range(BitmapBaseObject *b, PyObject *const *ar
 static PyObject *BitmapBase_first_clear(BitmapBaseObject *b, PyObject *const *args,
                                         Py_ssize_t nargs)
 {
-    if (require_inside(b->domain, "Bitmap.first_clear()") < 0)
+    if (bitmap_open(b) < 0 || require_inside(b->domain, "Bitmap.first_clear()") < 0)
         return NULL;
     int64_t page = range_first_clear(b, "first_clear", args, nargs);
     if (page == -2)
@@ -1376,6 +1390,7 @@ static PyMethodDef BitmapBase_methods[] = {
     {"check_range", (PyCFunction)(void (*)(void))BitmapBase_check_range, METH_FASTCALL, NULL},
     {"first_clear", (PyCFunction)(void (*)(void))BitmapBase_first_clear, METH_FASTCALL, NULL},
     {"_bind_words", (PyCFunction)BitmapBase_bind, METH_VARARGS, NULL},
+    {"_unbind_words", (PyCFunction)BitmapBase_unbind, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1396,7 +1411,9 @@ static PyTypeObject BitmapBase_Type = {
 typedef struct {
     PyObject_HEAD
     BitmapBaseObject *bitmap;
-    Py_buffer data; /* the memory; data.obj NULL until bound */
+    PyObject *owner; /* keeps `data` alive */
+    char *data;      /* NULL once closed */
+    int64_t size;
     int64_t page_size;
 } MemoryBaseObject;
 
@@ -1404,41 +1421,36 @@ static int MemoryBase_traverse(MemoryBaseObject *m, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(m));
     Py_VISIT(m->bitmap);
-    Py_VISIT(m->data.obj);
+    Py_VISIT(m->owner);
     return 0;
-}
-
-static void MemoryBase_release(MemoryBaseObject *m)
-{
-    if (m->data.obj)
-        PyBuffer_Release(&m->data);
 }
 
 static void MemoryBase_dealloc(MemoryBaseObject *m)
 {
     PyObject_GC_UnTrack(m);
-    MemoryBase_release(m);
+    Py_CLEAR(m->owner);
     Py_CLEAR(m->bitmap);
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
 static PyObject *MemoryBase_bind(MemoryBaseObject *m, PyObject *args)
 {
-    PyObject *bitmap, *buffer;
-    long long page_size;
-    if (!PyArg_ParseTuple(args, "O!OL:_bind_memory", &BitmapBase_Type, &bitmap, &buffer,
-                          &page_size))
+    PyObject *bitmap, *owner, *addr;
+    long long size, page_size;
+    if (!PyArg_ParseTuple(args, "O!OOLL:_bind_memory", &BitmapBase_Type, &bitmap, &owner, &addr,
+                          &size, &page_size))
         return NULL;
-    if (page_size < 1) {
-        PyErr_SetString(PyExc_ValueError, "_bind_memory: page_size < 1");
+    char *data = PyLong_AsVoidPtr(addr);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!data || size < 1 || page_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "_bind_memory: no memory");
         return NULL;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
-    MemoryBase_release(m);
-    m->data = view;
     Py_XSETREF(m->bitmap, (BitmapBaseObject *)Py_NewRef(bitmap));
+    Py_XSETREF(m->owner, Py_NewRef(owner));
+    m->data = data;
+    m->size = size;
     m->page_size = page_size;
     Py_RETURN_NONE;
 }
@@ -1446,7 +1458,7 @@ static PyObject *MemoryBase_bind(MemoryBaseObject *m, PyObject *args)
 /* Checks offset/length against the memory; 0 or -1 with IndexError/ValueError. */
 static int span(MemoryBaseObject *m, const char *what, int64_t offset, int64_t length)
 {
-    int64_t size = (int64_t)m->data.len;
+    int64_t size = m->size;
     if (length < 0) {
         PyErr_Format(PyExc_ValueError,
                      "GuardedMemory.%s: length must not be negative, not %lld", what,
@@ -1494,7 +1506,7 @@ static int guarded_copy(MemoryBaseObject *m, const char *what, int64_t offset, i
     int64_t last = (offset + length - 1) / m->page_size;
     int64_t denied = first_clear_in(m->bitmap->words, first, last - first + 1);
     if (denied < 0) {
-        char *mem = (char *)m->data.buf + offset;
+        char *mem = m->data + offset;
         if (to_memory)
             memcpy(mem, buf, (size_t)length);
         else
@@ -1515,9 +1527,9 @@ static int guarded_copy(MemoryBaseObject *m, const char *what, int64_t offset, i
 
 static int memory_bound(MemoryBaseObject *m)
 {
-    if (m->data.obj && m->bitmap)
+    if (m->data && m->bitmap && m->bitmap->words)
         return 0;
-    PyErr_SetString(PyExc_ValueError, "this guarded memory is closed");
+    PyErr_SetString(RcuUsageError, "this guarded memory was closed: its buffer was released");
     return -1;
 }
 
@@ -1587,7 +1599,7 @@ static PyObject *MemoryBase_write(MemoryBaseObject *m, PyObject *const *args, Py
 
 static PyObject *MemoryBase_unbind(MemoryBaseObject *m, PyObject *unused)
 {
-    MemoryBase_release(m);
+    m->data = NULL;
     Py_RETURN_NONE;
 }
 

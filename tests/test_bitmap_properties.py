@@ -400,7 +400,7 @@ class BitmapMachine(RuleBasedStateMachine):
     @rule()
     def unflushed_restriction_is_not_complete(self) -> None:
         # Sanity of the model's premise: nothing else ran a grace period.
-        token = self.bitmap._flush_token
+        token = self.bitmap._flush.token()
         assert token is not None
         assert not self.domain.poll(token)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import threading
 import time
@@ -92,11 +93,11 @@ def test_bad_spans_and_arguments() -> None:
         mem.write(0, "text")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         mem.read(0.5, 1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="page_size must be at least 1"):
+    with pytest.raises(ValueError, match="page_size must be between 1 and 2\\*\\*40, not 0"):
         aiorcu.GuardedMemory(2, page_size=0)
     with pytest.raises(TypeError, match="page_size must be an int"):
         aiorcu.GuardedMemory(2, page_size=True)
-    with pytest.raises(ValueError, match="GuardedMemory pages must be at least 1, not 0"):
+    with pytest.raises(ValueError, match=r"GuardedMemory pages must be between 1 and 2\*\*48, not 0"):
         aiorcu.GuardedMemory(0)
 
 
@@ -105,6 +106,13 @@ def test_access_inside_a_callers_own_section_and_from_tasks() -> None:
     with mem.bitmap.domain.read():  # nests with the section read() opens
         mem.write(0, b"x")
         assert mem.read(0, 1) == b"x"
+
+
+def _raw_pages(mem: aiorcu.GuardedMemory) -> ctypes.Array[ctypes.c_char]:
+    """The pages' bytes without the guard: what a device or another tenant would write."""
+    core = mem.bitmap._core
+    assert core is not None
+    return (ctypes.c_char * mem.size).from_address(core.data_address)
 
 
 def _revocation_race(busted: bool, seconds: float) -> int:
@@ -124,6 +132,7 @@ def _revocation_race(busted: bool, seconds: float) -> int:
     stop = threading.Event()
     clean = bytes(size)
     dead = bytearray(pages)
+    raw = _raw_pages(mem)
 
     def accessor(seed: int) -> None:
         page, n = seed, 0
@@ -154,9 +163,9 @@ def _revocation_race(busted: bool, seconds: float) -> int:
             # Reuse the page outside the guard, as a device or another
             # tenant would: only safe because the commit waited.
             dead[page] = 1
-            mem._buffer[page * size : (page + 1) * size] = b"\xff" * size
+            raw[page * size : (page + 1) * size] = b"\xff" * size
             time.sleep(0)
-            mem._buffer[page * size : (page + 1) * size] = clean
+            raw[page * size : (page + 1) * size] = clean
             dead[page] = 0
             _grant(mem, page)
 
