@@ -112,7 +112,9 @@ def attach(owner: Kind, buffer: Any, domain: ReadWriteDomain | None) -> CoreBuff
                 if core.domain_name
                 else "a process-private Domain"
             )
-            given = f"shared domain {mine!r}" if mine else f"the process-private domain {chosen.name!r}"
+            given = (
+                f"shared domain {mine!r}" if mine else f"the process-private domain {chosen.name!r}"
+            )
             raise RcuUsageError(
                 f"this buffer was made under {made}; it cannot be used with {given}: its "
                 "commits would not wait for that domain's readers"

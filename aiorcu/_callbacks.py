@@ -269,8 +269,23 @@ def _drop_awaitable(fn: object, result: object, domain: str) -> None:
     )
 
 
+AFTER_EXIT_DRAIN: list[Callable[[], None]] = []
+"""Run at exit once callbacks had their chance (shared domains detach here)."""
+
+
 @atexit.register
 def _run_at_exit() -> None:
+    try:
+        _drain_at_exit()
+    finally:
+        for hook in AFTER_EXIT_DRAIN:
+            try:
+                hook()
+            except Exception:
+                logger.exception("aiorcu exit hook %r failed", hook)
+
+
+def _drain_at_exit() -> None:
     deadline = time.monotonic() + EXIT_BUDGET_SECONDS
     for worker in list(_workers):
         left = worker.drain(deadline)

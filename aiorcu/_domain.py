@@ -402,6 +402,7 @@ class ReadWriteDomain(_hotpath.DomainBase):
             backstop_timeouts=core["backstop_timeouts"],
             timeouts=core["timeouts"],
             completed_sequence=core["completed"],
+            writer_recoveries=core["writer_recoveries"],
         )
 
     # -- fork ---------------------------------------------------------------------

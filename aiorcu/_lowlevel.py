@@ -165,7 +165,9 @@ class CoreDomain:
             self._d = d
             # Freed in this order when the domain goes: handle, buffer export,
             # mapping (weakref.finalize runs after the last reference died).
-            weakref.finalize(self, _free_shared, d, ptr, memory)
+            # Not at exit: callbacks may still run a grace period then, and
+            # the exit hook of _shared leaves the domain after them.
+            weakref.finalize(self, _free_shared, d, ptr, memory).atexit = False
         self._stall_handle = ffi.new_handle(stall)
         self.address = int(ffi.cast("uintptr_t", self._d))
 
@@ -214,6 +216,10 @@ class CoreDomain:
     def leave(self) -> None:
         lib.aiorcu_shared_leave(self._d)
 
+    def reap(self) -> int:
+        """Releases the entries and slots of processes that provably died; how many."""
+        return int(lib.aiorcu_shared_reap(self._d))
+
     def fork_prepare(self, counts: tuple[int, int, int, int]) -> int:
         """Before a fork: the bridge slot holding what the child keeps, or -1."""
         return int(lib.aiorcu_shared_fork_prepare(self._d, list(counts)))
@@ -226,13 +232,14 @@ class CoreDomain:
         """Records the owner thread's name (15 bytes of it) for other processes' reports."""
         lib.aiorcu_slot_set_name(self._d, slot, name.encode(errors="replace")[:15])
 
-    def slot_owner_info(self, slot: int) -> tuple[int, str] | None:
-        """``(pid, thread name)`` of a slot's owner, as it recorded them."""
+    def slot_owner_info(self, slot: int) -> tuple[int, int, str] | None:
+        """``(pid, native thread id, thread name)`` of a slot's owner, as it recorded them."""
         pid = ffi.new("int32_t *")
+        tid = ffi.new("uint64_t *")
         name = ffi.new("char[16]")
-        if not lib.aiorcu_slot_owner_info(self._d, slot, pid, name):
+        if not lib.aiorcu_slot_owner_info(self._d, slot, pid, tid, name):
             return None
-        return int(pid[0]), ffi.string(name).decode(errors="replace")
+        return int(pid[0]), int(tid[0]), ffi.string(name).decode(errors="replace")
 
     def slot_line(self, slot: int) -> int:
         """The address of the slot's reader line."""
@@ -366,7 +373,7 @@ class CoreBuffer:
             raise RuntimeError("aiorcu bitmaps need a little-endian machine")
         try:
             ptr = ffi.from_buffer(memory, require_writable=True)
-        except TypeError as exc:
+        except (TypeError, BufferError) as exc:
             raise TypeError(
                 f"buffer must be a writable, C-contiguous buffer (an mmap, a bytearray, "
                 f"SharedMemory.buf), not {type(memory).__name__}: {exc}"
@@ -385,9 +392,7 @@ class CoreBuffer:
         return ptr
 
     @classmethod
-    def create(
-        cls, pages: int, page_size: int, domain_name: str, memory: Any | None
-    ) -> CoreBuffer:
+    def create(cls, pages: int, page_size: int, domain_name: str, memory: Any | None) -> CoreBuffer:
         """Formats a new buffer (``memory``, or an anonymous mapping when None)."""
         need = cls.size(pages, page_size)
         own = memory is None
@@ -395,8 +400,10 @@ class CoreBuffer:
             try:
                 memory = mmap.mmap(-1, need)
             except (OSError, OverflowError, MemoryError):
-                what = f"GuardedMemory of {pages:,} pages of {page_size:,} bytes" if page_size else (
-                    f"a bitmap of {pages:,} pages"
+                what = (
+                    f"GuardedMemory of {pages:,} pages of {page_size:,} bytes"
+                    if page_size
+                    else (f"a bitmap of {pages:,} pages")
                 )
                 raise MemoryError(
                     f"{what} needs {describe_size(need)}, which could not be allocated"

@@ -51,6 +51,9 @@ class DomainStatistics:
     """Grace periods abandoned because the caller's timeout passed."""
     completed_sequence: int = 0
     """Sequence number of the last completed grace period."""
+    writer_recoveries: int = 0
+    """Times a writer found the writer lock held by a process that died
+    (a `SharedDomain`; always 0 for a `Domain`) and took it over."""
 
 
 @final

@@ -202,7 +202,7 @@ class ThreadRegistry:
         info = self.info(slot)
         other = self._core.slot_owner_info(slot) if info is None and self._core.shared else None
         if other is not None and other[0] != os.getpid():
-            text = f"thread {other[1]!r} of process {other[0]}"
+            text = f"thread {other[2]!r} (native id {other[1]}) of process {other[0]}"
         else:
             text = f"thread {_thread_words(info)}"
         if blocked_ns:

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import final
 
 from . import _lowlevel
+from ._callbacks import AFTER_EXIT_DRAIN
 from ._domain import ReadWriteDomain
 from ._errors import AiorcuError, RcuUsageError
 from ._grace import GraceRunner, stall_seconds
@@ -173,7 +174,9 @@ class SharedDomain(ReadWriteDomain):
     def backend_info(self) -> BackendInfo:
         """Which barrier mechanism this domain's readers rely on, in every process."""
         if self._grace.core.mechanism() == _lowlevel.MECH_GLOBAL:
-            return BackendInfo(membarrier=True, mechanism="membarrier-global-expedited", reason=None)
+            return BackendInfo(
+                membarrier=True, mechanism="membarrier-global-expedited", reason=None
+            )
         return BackendInfo(
             membarrier=False,
             mechanism="fence",
@@ -253,6 +256,47 @@ class SharedDomain(ReadWriteDomain):
         with self._waits_lock:
             self._waits += delta
 
+    # Every use after close() is refused, the cheap ones too.
+    def snapshot(self) -> int:
+        self._check_open()
+        return super().snapshot()
+
+    def start_grace_period(self) -> int:
+        self._check_open()
+        return super().start_grace_period()
+
+    def poll(self, token: int) -> bool:
+        self._check_open()
+        return super().poll(token)
+
+    def check_blocking_wait(self, what: str) -> None:
+        self._check_open()
+        super().check_blocking_wait(what)
+
+    def check_async_wait(self, what: str) -> None:
+        self._check_open()
+        super().check_async_wait(what)
+
+    def barrier_blocking(self) -> None:
+        self._check_open()
+        super().barrier_blocking()
+
+    async def barrier(self) -> None:
+        self._check_open()
+        await super().barrier()
+
+    for _method in (
+        snapshot,
+        start_grace_period,
+        poll,
+        check_blocking_wait,
+        check_async_wait,
+        barrier_blocking,
+        barrier,
+    ):
+        _method.__doc__ = getattr(ReadWriteDomain, _method.__name__).__doc__
+    del _method
+
     def synchronize_blocking(self, timeout: float | None = None) -> None:
         self._check_open()
         self._waiting(1)
@@ -301,8 +345,13 @@ class SharedDomain(ReadWriteDomain):
         ``dead_readers_released``, ``processes_attached`` and the writer
         figures.  This process: ``offloaded_waits``, ``stall_warnings``,
         ``callbacks_pending``.
+
+        Processes that died since the last grace period are released first
+        (with proof of death, as a waiting writer does), so the whole-domain
+        figures are current.
         """
         self._check_open()
+        self._grace.core.reap()
         return super().stats()
 
     # -- fork ---------------------------------------------------------------------
@@ -361,6 +410,13 @@ def _create(path: str, name: str, max_threads: int, mode: int) -> mmap.mmap:
 def _open(path: str) -> mmap.mmap:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            exc.errno,
+            f"there is no shared domain {os.path.basename(path)[len('aiorcu-') :]!r} "
+            f"({path} does not exist): create it first with create=True",
+            path,
+        ) from None
     except PermissionError as exc:
         raise PermissionError(
             exc.errno,
@@ -380,6 +436,18 @@ def _open(path: str) -> mmap.mmap:
 def _before_fork() -> None:
     for domain in list(_shared):
         domain._before_fork()
+
+
+def _leave_at_exit() -> None:
+    """A process that exits normally releases its slots, close() or not."""
+    for domain in list(_shared):
+        if not domain._closed:
+            domain._closed = True
+            domain._grace.core.leave()
+            domain._unbind()
+
+
+AFTER_EXIT_DRAIN.append(_leave_at_exit)
 
 
 os.register_at_fork(before=_before_fork)

@@ -197,6 +197,9 @@ void aiorcu_shared_leave(struct aiorcu_domain *d);
 void aiorcu_shared_free(struct aiorcu_domain *d);
 /* The domain's recorded mechanism, and whether this process has joined. */
 int aiorcu_shared_joined(struct aiorcu_domain *d);
+/* Releases the entries and slots of attached processes that provably died;
+ * returns how many processes. */
+int aiorcu_shared_reap(struct aiorcu_domain *d);
 /* Fork (see shared.c): before the fork the parent makes a bridge slot
  * holding the sections the child keeps (counts by AIORCU_COUNT(kind,
  * phase)); the child, once joined, adopts it for the forking thread. */
@@ -205,7 +208,8 @@ int aiorcu_shared_adopt(struct aiorcu_domain *d, uint64_t owner_tid);
 /* For reports: a slot's owner pid and thread name (name: 16 bytes, the
  * owner names itself with set_name; other processes read it). */
 void aiorcu_slot_set_name(struct aiorcu_domain *d, int slot, const char *name);
-int aiorcu_slot_owner_info(struct aiorcu_domain *d, int slot, int32_t *pid, char *name);
+int aiorcu_slot_owner_info(struct aiorcu_domain *d, int slot, int32_t *pid, uint64_t *tid,
+                           char *name);
 
 /* Grace periods (grace.c) */
 uint64_t aiorcu_snapshot(struct aiorcu_domain *d);

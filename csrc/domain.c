@@ -394,16 +394,19 @@ void aiorcu_slot_set_name(struct aiorcu_domain *d, int slot, const char *name)
     aiorcu__registry_unlock(d);
 }
 
-int aiorcu_slot_owner_info(struct aiorcu_domain *d, int slot, int32_t *pid, char *name)
+int aiorcu_slot_owner_info(struct aiorcu_domain *d, int slot, int32_t *pid, uint64_t *tid,
+                           char *name)
 {
     int ok = 0;
     *pid = 0;
+    *tid = 0;
     memset(name, 0, 16);
     if (aiorcu__registry_lock(d) < 0)
         return 0;
     if (aiorcu__slot_valid(d, slot) && aiorcu__slot(d, slot)->in_use) {
         struct aiorcu_slot *s = aiorcu__slot(d, slot);
         *pid = s->pid;
+        *tid = s->owner_tid;
         memcpy(name, s->name, 15); /* always NUL-terminated for the caller */
         ok = 1;
     }

@@ -905,6 +905,10 @@ static PyObject *DomainBase_call_after(DomainBaseObject *d, PyObject *const *arg
                      fn);
         return NULL;
     }
+    if (d->closed) {
+        check_bound(d);
+        return NULL;
+    }
     if (!d->cb_append) {
         PyErr_SetString(PyExc_RuntimeError, "aiorcu: this domain has no callback queue");
         return NULL;

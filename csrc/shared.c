@@ -346,6 +346,15 @@ static int reap_locked(struct aiorcu_domain *d, int phase)
             reaped++;
         }
     }
+    if (phase < 0) {
+        /* Processes that died owning no slot hold an entry all the same. */
+        for (uint32_t p = 0; p < d->seg->nprocs; p++) {
+            if (proc_dead(d, p)) {
+                drop_process(d, p, 1);
+                reaped++;
+            }
+        }
+    }
     return reaped;
 }
 
@@ -358,6 +367,11 @@ int aiorcu__reap_dead(struct aiorcu_domain *d, int phase)
     if (reaped)
         aiorcu_wake(d);
     return reaped;
+}
+
+int aiorcu_shared_reap(struct aiorcu_domain *d)
+{
+    return aiorcu__reap_dead(d, -1);
 }
 
 static void check_bridges(struct aiorcu_domain *d);

@@ -97,7 +97,9 @@ def test_bad_spans_and_arguments() -> None:
         aiorcu.GuardedMemory(2, page_size=0)
     with pytest.raises(TypeError, match="page_size must be an int"):
         aiorcu.GuardedMemory(2, page_size=True)
-    with pytest.raises(ValueError, match=r"GuardedMemory pages must be between 1 and 2\*\*48, not 0"):
+    with pytest.raises(
+        ValueError, match=r"GuardedMemory pages must be between 1 and 2\*\*48, not 0"
+    ):
         aiorcu.GuardedMemory(0)
 
 
