@@ -13,9 +13,9 @@ import anyio.lowlevel
 from . import _buffers, _hotpath, _lowlevel
 from ._cancel import CommitLock, wait_holding_cancellation
 from ._domain import ReadWriteDomain
-from ._lowlevel import CoreBuffer
 from ._errors import RcuUsageError, TransactionRejected
-from ._transaction import MAX_PAGE, BitmapTransaction, CommitReport, Grant, Revoke, SyncMode
+from ._lowlevel import CoreBuffer
+from ._transaction import BitmapTransaction, CommitReport, Grant, Revoke, SyncMode
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 12):
