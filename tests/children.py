@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -65,6 +66,20 @@ class Child:
             self.said.append(line)
             if line.startswith(prefix):
                 return line[len(prefix) :].strip()
+
+    def expect_each(self, *prefixes: str, timeout: float = 20.0) -> dict[str, str]:
+        """Waits for a line starting with each prefix, in any order (a fork's
+        two processes write to one pipe); returns the rest of each."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, str] = {}
+        while len(found) < len(prefixes):
+            line = self._line(deadline, " or ".join(p for p in prefixes if p not in found))
+            self.said.append(line)
+            for prefix in prefixes:
+                if prefix not in found and line.startswith(prefix):
+                    found[prefix] = line[len(prefix) :].strip()
+                    break
+        return found
 
     def _line(self, deadline: float, prefix: str) -> str:
         # Our own buffer over the raw pipe: a buffered reader would hold
@@ -155,3 +170,16 @@ def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition"
             raise AssertionError(f"{what} not reached within {timeout} s")
         time.sleep(0.001)
     return time.monotonic() - start
+
+
+def sync_in_thread(domain: aiorcu.SharedDomain) -> tuple[threading.Thread, list[float]]:
+    """Runs ``synchronize_blocking()`` in a new thread; ``done`` gets its end time."""
+    done: list[float] = []
+
+    def run() -> None:
+        domain.synchronize_blocking(timeout=30)
+        done.append(time.monotonic())
+
+    thread = threading.Thread(target=run, name="test-writer")
+    thread.start()
+    return thread, done

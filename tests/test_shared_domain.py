@@ -17,7 +17,14 @@ import pytest
 
 import aiorcu
 
-from .children import Child, children, shared_domain, unique_name, wait_until
+from .children import (
+    Child,
+    children,
+    shared_domain,
+    sync_in_thread,
+    unique_name,
+    wait_until,
+)
 
 HOLD = """
 d = aiorcu.SharedDomain(sys.argv[1] if len(sys.argv) > 1 else os.environ["NAME"])
@@ -34,23 +41,11 @@ hear()
 """
 
 
-def _sync_in_thread(domain: aiorcu.SharedDomain) -> tuple[threading.Thread, list[float]]:
-    done: list[float] = []
-
-    def run() -> None:
-        domain.synchronize_blocking(timeout=30)
-        done.append(time.monotonic())
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, done
-
-
 def test_a_grace_period_waits_for_a_thread_reader_in_another_process() -> None:
     with shared_domain("gp-thread") as domain, children() as kids:
         kids.append(child := Child(HOLD, env={"NAME": domain.name}))
         assert int(child.expect("inside")) == child.pid
-        thread, done = _sync_in_thread(domain)
+        thread, done = sync_in_thread(domain)
         time.sleep(0.3)
         assert not done, "the grace period ended while a reader in another process was inside"
         left_at = time.monotonic()
@@ -77,7 +72,7 @@ def test_a_grace_period_waits_for_a_task_reader_in_another_process() -> None:
     with shared_domain("gp-task") as domain, children() as kids:
         kids.append(child := Child(script, env={"NAME": domain.name}))
         child.expect("inside")
-        thread, done = _sync_in_thread(domain)
+        thread, done = sync_in_thread(domain)
         time.sleep(0.3)
         assert not done
         assert domain.stats().readers_active == 1
@@ -261,7 +256,7 @@ def test_a_stall_warning_names_the_pid_and_thread_of_a_reader_elsewhere(
             kids.append(child := Child(HOLD, env={"NAME": name, "THREAD": "slow-reader"}))
             child.expect("inside")
             with caplog.at_level(logging.WARNING, logger="aiorcu"):
-                thread, _done = _sync_in_thread(domain)
+                thread, _done = sync_in_thread(domain)
                 wait_until(lambda: domain.stats().stall_warnings > 0, what="a stall warning")
                 child.send()
                 thread.join(10)
@@ -298,7 +293,7 @@ def test_fence_mode_belongs_to_the_creator() -> None:
         creator.expect("inside")
         attached = aiorcu.SharedDomain(name)
         assert attached.backend_info().mechanism == "fence"
-        thread, done = _sync_in_thread(attached)
+        thread, done = sync_in_thread(attached)
         time.sleep(0.2)
         assert not done  # fences still order the other process's reader
         creator.send()
@@ -317,7 +312,7 @@ def test_fence_mode_belongs_to_the_creator() -> None:
         )
         assert child.expect("mode") == "membarrier-global-expedited"
         child.expect("inside")
-        thread, done = _sync_in_thread(domain)
+        thread, done = sync_in_thread(domain)
         time.sleep(0.2)
         assert not done
         child.send()
