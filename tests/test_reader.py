@@ -9,12 +9,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 import aiorcu
 from aiorcu import testing
 
+from .children import shared_domain
 from .conftest import (
     HANG_GUARD,
     STRESS_SECONDS,
@@ -580,22 +582,35 @@ def _signal_storm(d: aiorcu.Domain, seconds: float, busted: bool) -> tuple[int, 
     return reads[0], violations[0]
 
 
+@contextmanager
+def _storm_domain(kind: str, tag: str) -> Iterator[aiorcu.Domain]:
+    """A private domain, or a shared one (its sections take the same C path,
+    over slots in a segment)."""
+    if kind == "Domain":
+        yield aiorcu.Domain(name=tag)
+        return
+    with shared_domain(tag) as d:
+        yield d  # type: ignore[misc]  # the same reader and writer API
+
+
 @pytest.mark.stress
-def test_signal_handlers_that_open_sections_leave_no_reader_unprotected() -> None:
+@pytest.mark.parametrize("kind", ["Domain", "SharedDomain"])
+def test_signal_handlers_that_open_sections_leave_no_reader_unprotected(kind: str) -> None:
     """Defect (fence mode): a handler that opened a section between a section's flag
     store and its bookkeeping left sections unprotected, or a flag leaked."""
-    d = aiorcu.Domain(name="signals")
-    reads, violations = _signal_storm(d, min(STRESS_SECONDS, 5), busted=False)
-    assert reads > 10_000 and violations == 0, (reads, violations)
-    assert d.stats().readers_active == 0  # nothing leaked
-    d.synchronize_blocking(timeout=HANG_GUARD)
+    with _storm_domain(kind, "signals") as d:
+        reads, violations = _signal_storm(d, min(STRESS_SECONDS, 5), busted=False)
+        assert reads > 10_000 and violations == 0, (reads, violations)
+        assert d.stats().readers_active == 0  # nothing leaked
+        d.synchronize_blocking(timeout=HANG_GUARD)
 
 
 @pytest.mark.stress
-def test_negative_control_busted_signal_storm_is_caught() -> None:
-    d = aiorcu.Domain(name="signals-busted")
-    _reads, violations = _signal_storm(d, max(STRESS_SECONDS, 5), busted=True)
-    assert violations > 0
+@pytest.mark.parametrize("kind", ["Domain", "SharedDomain"])
+def test_negative_control_busted_signal_storm_is_caught(kind: str) -> None:
+    with _storm_domain(kind, "signals-busted") as d:
+        _reads, violations = _signal_storm(d, max(STRESS_SECONDS, 5), busted=True)
+        assert violations > 0
 
 
 def test_finalizers_that_open_sections_during_section_entry_leave_counts_right() -> None:
