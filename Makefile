@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 STRESS_SECONDS ?= 10
 
-.PHONY: install demo test lint typecheck pytest package-check compat torture csan tsan model docs docs-check bench soak clean
+.PHONY: install demo demo-shared test lint typecheck pytest package-check compat torture csan tsan model docs docs-check bench soak clean
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ install: $(STAMP)
 # The main job: the page-visibility service under load for a few seconds.
 demo: install
 	$(BIN)/python examples/page_visibility/service.py --demo
+
+# Worker processes (uvicorn --workers 4) serving pages from one guarded shared
+# memory while a controller revokes and grants them; prints the invariant's
+# verdict and exits nonzero if it failed (examples/shared_pages/README.md).
+demo-shared: install
+	$(BIN)/python examples/shared_pages/demo.py --seconds 15
 
 # Every check, in the order a failure is cheapest to see.
 test: install lint typecheck pytest package-check compat torture csan model docs-check
