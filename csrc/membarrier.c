@@ -88,10 +88,11 @@ int aiorcu_backend_global_available(void)
 
 /* Registers this process for GLOBAL_EXPEDITED: its threads then take the
  * barrier IPI of any process's writer.  Per process (per address space):
- * a fork child registers again.  0, or -1 with errno. */
+ * a fork child registers again.  0, or -1 with errno (fault injection
+ * reaches it too, so a refused registration can be tested). */
 int aiorcu_backend_register_global(void)
 {
-    return sys_membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0) == 0 ? 0 : -1;
+    return attempt(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0 ? 0 : -1;
 }
 
 int aiorcu__heavy_barrier(struct aiorcu_domain *d)

@@ -482,3 +482,29 @@ def test_every_process_attached_through_a_test_here_is_gone() -> None:
         timeout=5,
         what="no segments of this test process left",
     )
+
+
+@pytest.mark.skipif(not aiorcu.backend_info().membarrier, reason="needs membarrier")
+def test_a_process_that_cannot_register_for_membarrier_refuses_to_attach() -> None:
+    """Its readers would miss the writers' barrier: it must not read at all."""
+    script = """
+    import errno
+    from aiorcu import testing
+    testing.fail_membarrier(1, errno.EPERM)
+    try:
+        aiorcu.SharedDomain(os.environ["NAME"])
+        say("attached")
+    except aiorcu.AiorcuError as exc:
+        say("refused", exc)
+    say("entries", aiorcu.SharedDomain(os.environ["NAME"]).stats().processes_attached)
+    hear()
+    """
+    with shared_domain("no-membarrier") as domain, children() as kids:
+        kids.append(child := Child(script, env={"NAME": domain.name}))
+        refused = child.expect("refused")
+        assert "GLOBAL_EXPEDITED failed: [Errno 1]" in refused, refused
+        # The refusal took nothing; the next attempt (registration works) joins.
+        assert child.expect("entries") == "2"
+        child.send()
+        assert child.finish() == 0
+        assert domain.stats().processes_attached == 1
