@@ -320,3 +320,40 @@ def test_fence_mode_belongs_to_the_creator() -> None:
         assert done
         child.send()
         assert child.finish() == 0
+
+
+def test_callbacks_and_polled_grace_periods_wait_for_readers_elsewhere() -> None:
+    """Callbacks run here, after readers there left; a token means the same everywhere."""
+    script = """
+    d = aiorcu.SharedDomain(os.environ["NAME"])
+    with d.read():
+        say("inside")
+        token = int(hear())
+        say("polled", d.poll(token))
+    say("left")
+    token = int(hear())
+    d.wait_blocking(token, timeout=10)
+    say("polled", d.poll(token))
+    hear()
+    """
+    with shared_domain("callbacks") as domain, children() as kids:
+        kids.append(child := Child(script, env={"NAME": domain.name}))
+        child.expect("inside")
+        ran: list[float] = []
+        domain.call_after_grace_period(lambda: ran.append(time.monotonic()))
+        token = domain.snapshot()
+        time.sleep(0.3)
+        assert not ran and not domain.poll(token)
+        child.send(str(token))
+        # The reader elsewhere polls our token from inside its own section.
+        assert child.expect("polled") == "False"
+        assert not ran  # it is still inside
+        child.expect("left")
+        domain.wait_blocking(token, timeout=10)
+        assert domain.poll(token)
+        domain.barrier_blocking()  # the callback ran, in this process
+        assert ran
+        child.send(str(token))
+        assert child.expect("polled") == "True"
+        child.send()
+        assert child.finish() == 0
