@@ -56,6 +56,8 @@ torture: install
 	$(BIN)/aiorcu torture --seconds 10 --jitter
 	AIORCU_MEMBARRIER=off $(BIN)/aiorcu torture --seconds 5 --jitter
 	$(BIN)/aiorcu torture --seconds 5 --busted --expect-failure
+	$(BIN)/aiorcu torture --processes 3 --kill --seconds 15
+	$(BIN)/aiorcu torture --processes 2 --seconds 10 --busted --expect-failure
 
 # The C core alone under AddressSanitizer + UndefinedBehaviorSanitizer: a
 # threaded stress run in both barrier modes, plus negative controls.

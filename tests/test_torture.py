@@ -7,8 +7,11 @@ run goes through the CLI in-process.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -176,3 +179,103 @@ def test_busted_is_caught_under_jitter() -> None:
     )
     assert code == 0
     assert figures["errors"] > 0
+
+
+# -- across processes (--processes) ----------------------------------------------
+def _left_behind(figures: dict[str, Any]) -> list[str]:
+    names = figures["names"]
+    paths = [f"/dev/shm/aiorcu-{names['domain']}", f"/dev/shm/{names['shared_memory']}"]
+    return [path for path in paths if os.path.exists(path)]
+
+
+def test_processes_with_kills_run_clean() -> None:
+    # Seed 1: the first two victims are reader processes (then chance decides).
+    code, figures = _torture_json(
+        "--processes", "2", "--writer-processes", "1", "--kill", "--seconds", "3",
+        "--tasks", "4", "--seed", "1",
+    )  # fmt: skip
+    assert (code, figures["errors"], figures["failures"]) == (0, 0, []), figures
+    kills = figures["kills"]
+    assert kills["readers"] >= 2
+    assert kills["inside_sections"] >= 1
+    # Every reader process killed inside a section was proven dead and released.
+    assert kills["inside_sections"] <= figures["dead_readers_released"]
+    assert figures["dead_readers_released"] <= kills["readers"] + kills["writers"]
+    assert kills["releases_timed"] == kills["inside_sections"]
+    assert figures["thread_reads"] > 0 and figures["task_reads"] > 0
+    assert figures["memory_reads"] > 0 and figures["revokes"] > 0
+    # A reader killed between its two counts of one read: one count each of its rows.
+    rows_killed = (figures["threads"] + 1) * kills["readers"]
+    assert 0 <= figures["reads"] - sum(figures["pipeline"]) <= rows_killed
+    assert figures["pipeline"][2] == 0
+    assert figures["backstop_timeouts"] <= figures["long_sections"]
+    assert figures["processes_attached"] == 1  # the parent: every child left or was reaped
+    assert _left_behind(figures) == []
+
+
+def test_processes_busted_grace_period_is_caught() -> None:
+    code, figures = _torture_json(
+        "--processes", "2", "--busted", "--expect-failure", "--seconds", "10", "--tasks", "4"
+    )
+    assert code == 0, figures
+    assert figures["errors"] > 0
+    assert figures["elapsed"] < 10  # the first error ends the run
+    assert any("grace period" in message for message in figures["error_messages"])
+    assert _left_behind(figures) == []
+
+
+def test_kill_needs_processes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["torture", "--kill"])
+    assert exit_info.value.code == 2
+    assert "--kill needs --processes" in capsys.readouterr().err
+
+
+def _group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in "ZXx":
+                found.append(int(entry))
+    return found
+
+
+def _shm_mapped(pids: list[int]) -> set[str]:
+    names = set()
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as f:
+            names.update(m.group(1) for m in re.finditer(r"/dev/shm/(\S+)", f.read()))
+    return names
+
+
+def test_processes_children_clean_up_when_the_parent_is_killed() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "aiorcu._tools.cli", "torture", "--processes", "2", "--kill",
+         "--seconds", "60", "--tasks", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().startswith("aiorcu torture: 2 reader processes")
+        deadline = time.monotonic() + HANG_GUARD
+        while len(_group(parent.pid)) < 6:  # the parent, the forkserver, the tracker, children
+            assert time.monotonic() < deadline, _group(parent.pid)
+            time.sleep(0.05)
+        time.sleep(0.5)
+        names = {n for n in _shm_mapped(_group(parent.pid)) if n.startswith(("aiorcu-", "psm_"))}
+        assert any(n.startswith(f"aiorcu-torture-{parent.pid}-") for n in names), names
+        parent.kill()  # not reaped until the end: the children see a zombie parent
+        deadline = time.monotonic() + 5
+        while _group(parent.pid) or any(os.path.exists(f"/dev/shm/{n}") for n in names):
+            assert time.monotonic() < deadline, (_group(parent.pid), names)
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()

@@ -26,9 +26,10 @@ from typing import Any
 import aiorcu
 from aiorcu import testing
 
-from ..cli import count, positive_float
+from ..cli import count, positive_float, positive_int
 from ..console import Progress
 from .checks import RssSamples, judge_backstops, judge_rss, sum_tallies
+from .processes import run_processes
 from .report import print_summary, print_verdict
 from .state import HANG_S, RSS_JUDGED_FROM_S, STALL_S, STALL_WARNING_S, Run, Tally
 from .workers import jitter, make_workers
@@ -50,6 +51,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="report memory (RSS) growth after the warm-up; over 5 MiB fails runs of 60 s or more",
     )
     parser.add_argument("--json", action="store_true", help="print the final figures as JSON")
+    shared = parser.add_argument_group(
+        "across processes",
+        "readers and writers in separate processes on one shared domain and shared memory",
+    )
+    shared.add_argument(
+        "--processes",
+        type=count,
+        default=0,
+        metavar="N",
+        help="run N reader processes, each with --threads threads and --tasks tasks "
+        "(default: 0, everything in this process)",
+    )
+    shared.add_argument(
+        "--writer-processes",
+        type=positive_int,
+        default=2,
+        metavar="M",
+        help="writer processes, with --processes (default: 2)",
+    )
+    shared.add_argument(
+        "--kill",
+        action="store_true",
+        help="with --processes: every 0.15 to 0.5 s, SIGKILL a random reader or writer "
+        "process and start a new one in its place",
+    )
     advanced = parser.add_argument_group(
         "advanced", "for checking aiorcu itself: fault injection and negative controls"
     )
@@ -78,6 +104,10 @@ def validate(args: argparse.Namespace) -> str | None:
     """Checks that span several options (the single ones are argparse types)."""
     if args.threads + args.tasks < 1:
         return "need at least one reader: --threads or --tasks must be 1 or more"
+    if args.kill and not args.processes:
+        return "--kill needs --processes: it kills reader and writer processes"
+    if args.processes and args.report_rss:
+        return "--report-rss measures one process; leave it out of --processes runs"
     return None
 
 
@@ -151,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"aiorcu torture: {problem}", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.randrange(2**32)
+    if args.processes:
+        return run_processes(args, seed)
     domain = aiorcu.Domain(name="torture")
     # Warn about grace periods stuck for a second, not the 100 ms that a busy
     # machine reaches now and then; each warning names who is inside.
