@@ -330,6 +330,7 @@ def test_callbacks_and_polled_grace_periods_wait_for_readers_elsewhere() -> None
         say("inside")
         token = int(hear())
         say("polled", d.poll(token))
+        hear()
     say("left")
     token = int(hear())
     d.wait_blocking(token, timeout=10)
@@ -348,6 +349,7 @@ def test_callbacks_and_polled_grace_periods_wait_for_readers_elsewhere() -> None
         # The reader elsewhere polls our token from inside its own section.
         assert child.expect("polled") == "False"
         assert not ran  # it is still inside
+        child.send()
         child.expect("left")
         domain.wait_blocking(token, timeout=10)
         assert domain.poll(token)
