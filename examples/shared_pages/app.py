@@ -23,7 +23,7 @@ Endpoints:
 Every answer carries the worker's pid in ``x-worker-pid`` and its
 sentinel's counters in ``x-sentinel`` (below).  Page answers also carry
 ``x-page-intact``: the worker's own check, "1" if the page's bytes in shared
-memory were still the bytes it served when its section ended.
+memory were still the bytes it served just before its section ended.
 
 The sentinel is the tight form of that check.  A request's section lasts a
 few microseconds per chunk, too short for a broken grace period to show up
@@ -62,6 +62,7 @@ from pages import (
     PAGES,
     SCRIBBLE,
     attach_shared_memory,
+    view,
 )
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -113,9 +114,9 @@ class Worker:
         if os.environ.get(ENV_BUSTED) == "1":
             testing.set_busted(self.domain)  # a negative control: revokes stop waiting
         self.shm = attach_shared_memory(os.environ[ENV_MEMORY])
-        self.mem = aiorcu.GuardedMemory.attach(self.shm.buf, domain=self.domain)
+        self.mem = aiorcu.GuardedMemory.attach(view(self.shm), domain=self.domain)
         # The pages' bytes without the guard, for the checks only.
-        self.shared_bytes = self.shm.buf[DATA_OFFSET : DATA_OFFSET + self.mem.size]
+        self.shared_bytes = view(self.shm)[DATA_OFFSET : DATA_OFFSET + self.mem.size]
         self._sentinel = asyncio.create_task(self.sentinel(), name="sentinel")
 
     async def stop(self) -> None:

@@ -72,6 +72,7 @@ from pages import (
     PAGES,
     page_content,
     problem,
+    view,
 )
 
 import aiorcu
@@ -372,7 +373,7 @@ def shared_pages(
         for page in range(PAGES):
             mem.write(page * PAGE_SIZE, page_content(page, 0))
         # The scribbles and the workers' check assume where the pages are.
-        if bytes(shm.buf[DATA_OFFSET : DATA_OFFSET + PAGE_SIZE]) != page_content(0, 0):
+        if bytes(view(shm)[DATA_OFFSET : DATA_OFFSET + PAGE_SIZE]) != page_content(0, 0):
             raise DemoError("the pages are not where pages.DATA_OFFSET says")
         yield domain, mem, shm
 
@@ -398,7 +399,7 @@ def run_demo(
         env = {**os.environ, ENV_DOMAIN: name, ENV_MEMORY: shm.name}
         env[ENV_BUSTED] = "1" if busted else ""
         proc = start_workers(env, sock, workers)
-        shared = shm.buf[DATA_OFFSET : DATA_OFFSET + mem.size]
+        shared = view(shm)[DATA_OFFSET : DATA_OFFSET + mem.size]
         try:
             result.processes_attached = wait_until_serving(proc, domain, url, workers)
             if announce is not None:

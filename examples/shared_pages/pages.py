@@ -8,9 +8,10 @@ Each page carries its own proof of integrity, so that whoever receives a
 page can tell whether it is whole: a header (``b"PAGE"``, the page number,
 a generation that changes each time the page is rewritten), pseudo-random
 bytes derived from (page, generation), and a SHA-256 of everything before
-it.  A scribble (what a device or a new tenant writes into a revoked page)
-is the repeated word ``SCRIBBLE``.  A response that holds scribbled bytes,
-or chunks of two generations of a page, fails `problem()`.
+it.  A scribble (what a worker wipes a revoked page with, as a pool does
+before it hands the page to a new tenant) is the repeated word
+``SCRIBBLE``.  A response that holds scribbled bytes, or chunks of two
+generations of a page, fails `problem()`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ CHUNKS = PAGE_SIZE // CHUNK
 
 # Where the pages are in the buffer: a GuardedMemory buffer is a header, the
 # bitmap and then the pages, so they are its last PAGES * PAGE_SIZE bytes.
-# Only the launcher's scribbles and the workers' check use this offset; the
-# launcher checks it against mem.write() before it starts anything.
+# Only the writes to revoked pages (the workers' wipes, the launcher's
+# rewrites) and the workers' checks use this offset; the launcher checks it
+# against mem.write() before it starts anything.
 BUFFER_SIZE = aiorcu.GuardedMemory.buffer_size(PAGES, PAGE_SIZE)
 DATA_OFFSET = BUFFER_SIZE - PAGES * PAGE_SIZE
 
@@ -72,6 +74,13 @@ def problem(page: int, data: bytes) -> str | None:
 def generation_of(data: bytes) -> int:
     """The generation an intact page's header names."""
     return int(_HEADER.unpack_from(data)[2])
+
+
+def view(shm: SharedMemory) -> memoryview:
+    """The segment's bytes (`SharedMemory.buf` is typed optional: None once closed)."""
+    if shm.buf is None:
+        raise ValueError(f"shared memory {shm.name!r} is closed")
+    return shm.buf
 
 
 def attach_shared_memory(name: str) -> SharedMemory:
