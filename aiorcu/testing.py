@@ -7,6 +7,10 @@ grace periods stop waiting for readers.  A concurrency test of your own that
 still passes against a busted domain tests nothing; keep it as a negative
 control next to the real test (the testing how-to shows the pattern).
 
+Each hook that takes a domain takes a `Domain` or a `SharedDomain`; for a
+shared domain it acts in the calling process only (`set_busted()` makes the
+grace periods *this process* runs stop waiting).
+
 None of these belong in production code.  They are stable and documented
 (``aiorcu.testing``), unlike the underscore modules.
 """
@@ -19,6 +23,7 @@ from collections.abc import Callable, Iterator
 
 from . import _lowlevel
 from ._domain import Domain
+from ._shared import SharedDomain
 
 __all__ = [
     "completed_sequence",
@@ -33,13 +38,13 @@ __all__ = [
 ]
 
 
-def set_busted(domain: Domain, busted: bool = True) -> None:
+def set_busted(domain: Domain | SharedDomain, busted: bool = True) -> None:
     """Negative control: the domain's grace periods stop waiting for readers."""
     domain._grace.busted = busted
 
 
 @contextlib.contextmanager
-def reader_delay(domain: Domain, delay: Callable[[], None]) -> Iterator[None]:
+def reader_delay(domain: Domain | SharedDomain, delay: Callable[[], None]) -> Iterator[None]:
     """Calls ``delay()`` in section entries between the phase load and the increment.
 
     Applies to every section of the domain entered until the block ends.
@@ -68,12 +73,12 @@ def writer_jitter(max_seconds: float) -> Iterator[None]:
         _lowlevel.debug_set_writer_jitter(previous)
 
 
-def completed_sequence(domain: Domain) -> Callable[[], int]:
+def completed_sequence(domain: Domain | SharedDomain) -> Callable[[], int]:
     """A cheap callable returning the domain's last completed grace-period number."""
     return domain._grace.core.completed
 
 
-def current_phase(domain: Domain) -> int:
+def current_phase(domain: Domain | SharedDomain) -> int:
     """The domain's current phase, 0 or 1 (a moment's view)."""
     return domain._grace.core.phase()
 
@@ -83,16 +88,16 @@ def fail_membarrier(count: int, err: int = errno.EINVAL) -> None:
     _lowlevel.debug_fail_membarrier(count, err)
 
 
-def set_stall_interval(domain: Domain, first: float, maximum: float) -> None:
+def set_stall_interval(domain: Domain | SharedDomain, first: float, maximum: float) -> None:
     """Sets the stall-warning schedule (defaults: the domain's stall_warning doubling to 60 s)."""
     domain._grace.core.set_stall(int(first * 1e9), int(maximum * 1e9))
 
 
-def set_wait_mode(domain: Domain, mode: str) -> None:
+def set_wait_mode(domain: Domain | SharedDomain, mode: str) -> None:
     """``"futex"`` (readers wake the writer) or ``"poll"`` (writer backs off)."""
     domain._grace.core.set_wait_mode(mode)
 
 
-def raw_stats(domain: Domain) -> dict[str, int]:
+def raw_stats(domain: Domain | SharedDomain) -> dict[str, int]:
     """The C core's counters, unabridged."""
     return domain._grace.core.stats()
