@@ -6,15 +6,27 @@ import argparse
 import io
 import json
 import math
+import multiprocessing
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from aiorcu._tools import bench, console
-from aiorcu._tools.bench import cases_app, cases_read, cases_writers, report
+from aiorcu._tools.bench import (
+    cases_app,
+    cases_read,
+    cases_shared,
+    cases_writers,
+    measure,
+    members,
+    report,
+)
 from aiorcu._tools.bench.measure import Result, Settings
+from aiorcu._tools.bench.run import selected
 
 TINY = Settings(number=200, repeat=1, scenario_seconds=0.03, quick=True)
 
@@ -44,19 +56,23 @@ def test_json_rows_have_every_field(quick_json: dict[str, object]) -> None:
     assert rows
     fields = {"name", "ns_per_op", "baseline", "baseline_ns_per_op", "ratio", "goal", "met"}
     for row in rows:
-        assert set(row) >= fields | {"unit", "note", "needs_extra"}
+        assert set(row) >= fields | {"unit", "note", "needs_extra", "ratio_of"}
         ns = row["ns_per_op"]
         if row["needs_extra"] is not None:  # an optional package is missing here
             assert ns is None and "not measured" in str(row["note"])
             continue
-        assert isinstance(ns, (int, float)) and ns > 0 and math.isfinite(ns)
+        assert isinstance(ns, (int, float)) and math.isfinite(ns)
+        assert ns > 0 if str(row["unit"]).startswith("ns") else ns >= 0  # a count may be 0
         base = row["baseline_ns_per_op"]
         if row["baseline"] is not None:
             assert isinstance(base, (int, float)) and base > 0
             ratio = row["ratio"]
             assert isinstance(ratio, (int, float))
-            # The ratio is computed from the two figures of the same run.
-            assert ratio == pytest.approx(ns / base, rel=0.01, abs=0.002)
+            if row["ratio_of"] == "pairs":  # the median of paired trials' ratios
+                assert ratio > 0 and math.isfinite(ratio)
+            else:  # computed from the two figures of the same run
+                assert row["ratio_of"] == "figures"
+                assert ratio == pytest.approx(ns / base, rel=0.01, abs=0.002)
         if row["goal"] is not None:
             assert isinstance(row["met"], bool)
 
@@ -74,6 +90,14 @@ def test_json_covers_the_required_comparisons(quick_json: dict[str, object]) -> 
     assert any("poll" in str(n) for n in names)
     assert "threads: with domain.read() p99, writer active" in names
     assert "tasks: aiorwlock reader p99, writer active" in names
+    assert ("with shared_domain.read(): pass", "with domain.read(): pass (a Domain)") in baselines
+    assert (
+        "async with shared_domain.read(): pass",
+        "async with domain.read(): pass (a Domain)",
+    ) in baselines
+    assert "synchronize_blocking(), 4 processes attached, nobody inside (median)" in names
+    assert "await synchronize(), 4 processes attached, nobody inside: thread hops" in names
+    assert "worker processes: GuardedMemory.read() p99, revoking writer (worst of 2)" in names
     assert quick_json["backend"] in ("membarrier-private-expedited", "fence")
 
 
@@ -166,6 +190,167 @@ def test_quick_table_fits_and_hides_goals() -> None:
     total = len(bench.CASES)
     assert f"[bench 1/{total}]" in proc.stderr and f"[bench {total}/{total}]" in proc.stderr
     assert "left)" in proc.stderr
+
+
+# -- SharedDomain rows: helper processes and scratch names ------------------------------
+
+
+def _leftovers() -> list[str]:
+    """This process's scratch domain segments and pages files, and its live children."""
+    names = [n for n in os.listdir("/dev/shm") if n.startswith(f"aiorcu-bench-{os.getpid()}-")]
+    return names + [p.name for p in multiprocessing.active_children()]
+
+
+def test_shared_rows_in_a_tiny_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """Structure only: every row, its unit and goal, and nothing left behind."""
+    rows = cases_shared.bench_shared_read(TINY)
+    reads = rows
+    assert [r.short_name for r in rows] == [
+        "with shared.read(): pass",
+        "async with shared.read(): pass",
+    ]
+    for row in rows:
+        assert row.goal_ratio == 1.1 and row.paired_ratio is not None
+        assert row.ratio == row.paired_ratio and math.isfinite(row.paired_ratio)
+        assert f"{cases_shared.PAIRS_PER_REPEAT * TINY.repeat} pairs of trials" in str(row.note)
+
+    rows = cases_shared.bench_shared_grace(TINY)
+    sync, hops, *spaced = rows
+    assert sync.goal_ns == 50_000 and sync.baseline_label == "Domain, median"
+    assert sync.paired_ratio is not None and f"{6 * TINY.repeat} pairs of rounds" in str(sync.note)
+    assert "3 helper processes attached" in str(sync.note)
+    assert hops.unit == "hops" and hops.goal_ns == 0 and hops.baseline is None
+    assert hops.ns_per_op >= 0 and hops.ns_per_op == int(hops.ns_per_op)
+    # The control shows the counter counts: a reader inside makes every await hop.
+    assert "3 of 3 awaits hopped (Domain: 3 of 3)" in str(hops.note)
+    assert [r.short_name for r in spaced] == [
+        "shared grace p50, 1 attached",
+        "shared grace p99, 1 attached",
+        "shared grace p50, 4 attached",
+        "shared grace p99, 4 attached",
+    ]
+    assert [r.unit for r in spaced] == ["ns (p50)", "ns (p99)"] * 2
+    for p50, p99 in zip(spaced[::2], spaced[1::2], strict=True):
+        assert p50.ns_per_op <= p99.ns_per_op  # the same samples: a percentile cannot fall
+        assert p50.baseline_ns_per_op is not None and p99.baseline_ns_per_op is not None
+        assert p50.baseline_ns_per_op <= p99.baseline_ns_per_op
+
+    rows = cases_shared.bench_shared_readers(TINY)
+    readers, revoke = rows
+    assert readers.goal_ratio == 1.2 and readers.unit == "ns (p99)"
+    assert readers.paired_ratio is not None and math.isfinite(readers.paired_ratio)
+    for index in range(cases_shared.READER_PROCESSES):
+        assert f"worker {index}: " in str(readers.note)
+    assert revoke.goal is None and "revokes" in str(revoke.note)
+
+    for row in [sync, *spaced, readers, revoke]:
+        assert math.isfinite(row.ns_per_op) and row.ns_per_op > 0
+    assert not _leftovers()
+    report.print_plain([*reads, sync, hops, *spaced, readers, revoke], ["header"])
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= report.WIDTH
+    assert f"{hops.ns_per_op:,.0f} hops" in out  # a count, not a time
+    assert f"x{report.PAIRED_MARK}" in out and "the median of paired trials' ratios" in out
+
+
+def test_worker_reads_fall_into_their_windows() -> None:
+    """Reads are sorted by start time; those outside every window are dropped."""
+    windows = [
+        cases_shared.Window(writer=False, pair=0, start=100, end=200),
+        cases_shared.Window(writer=True, pair=0, start=200, end=300),
+        cases_shared.Window(writer=True, pair=1, start=400, end=500),
+        cases_shared.Window(writer=False, pair=1, start=500, end=600),
+    ]
+    stamps = [50, 150, 250, 350, 450, 550, 650]  # 50, 350 and 650 are outside
+    durations = [9, 10, 30, 9, 20, 10, 9]
+    worker = cases_shared._worker(stamps, durations, windows, groups=2)
+    assert worker.reads == 4
+    assert (worker.loaded, worker.plain) == (30.0, 10.0)
+    assert worker.groups == [3.0, 2.0] and worker.ratio == 2.5
+
+
+@pytest.mark.parametrize(
+    ("case", "step"),
+    [
+        ("bench_shared_grace", "_spaced"),  # helpers attached, the domain still named
+        ("bench_shared_readers", "attach"),  # readers spawned, domain and pages file named
+        ("bench_shared_readers", "_revoke_every"),  # readers reading, names removed
+    ],
+)
+def test_shared_rows_clean_up_when_they_fail(
+    monkeypatch: pytest.MonkeyPatch, case: str, step: str
+) -> None:
+    def fail(*args: object) -> None:
+        raise RuntimeError("a row failed half way")
+
+    monkeypatch.setattr(members.Members if step == "attach" else cases_shared, step, fail)
+    with pytest.raises(RuntimeError, match="half way"):
+        getattr(cases_shared, case)(TINY)
+    assert not _leftovers()
+
+
+def test_a_member_that_cannot_attach_says_why() -> None:
+    name, _ = members.scratch_names()  # nobody created it
+    with members.Members(name) as team:
+        index = team.start("idle", 1)
+        with pytest.raises(RuntimeError, match=r"helper process 0 failed: FileNotFoundError"):
+            team.attach(index)
+    assert not _leftovers()
+
+
+def test_paired_trials_alternate_and_take_the_median_ratio() -> None:
+    calls: list[str] = []
+    figures = {"a": iter([99.0, 10.0, 30.0, 10.0]), "b": iter([99.0, 5.0, 10.0, 1.0])}
+
+    def side(name: str) -> Callable[[], float]:
+        def trial() -> float:
+            calls.append(name)
+            return next(figures[name])
+
+        return trial
+
+    pairs = measure.paired(side("a"), side("b"), 3)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, A B, B A, A B
+    assert pairs.candidate == [10.0, 30.0, 10.0] and pairs.ratios == [2.0, 3.0, 10.0]
+    assert pairs.ratio == 3.0  # the median: the 10x pair does not drag it
+    row = Result("x", 1.0, "y", 1.0, paired_ratio=pairs.ratio)
+    assert row.ratio == 3.0 and row.to_json()["ratio"] == 3.0
+
+
+def test_only_runs_the_steps_it_names() -> None:
+    assert [c.run for c in selected("shareddomain")] == [
+        cases_shared.bench_shared_read,
+        cases_shared.bench_shared_grace,
+        cases_shared.bench_shared_readers,
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiorcu._tools.cli", "bench", "--only", "no such step"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "--only 'no such step' matches no step" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiorcu._tools.cli", "bench", "--quick", "--json", "--only", "cell"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = {row["name"] for row in json.loads(proc.stdout)["results"]}
+    assert names == {
+        "with domain.read(): cell.get()",
+        "domain.call_after_grace_period(fn)",
+        "100,000 callbacks queued and run, end to end",
+    }
+    assert "[bench 1/1]" in proc.stderr
+
+
+def test_count_units_print_as_counts() -> None:
+    assert measure.fmt_ns(0.0, "hops") == "0 hops"
+    assert measure.fmt_ns(12_345.0, "ns (p99)") == "12.3 µs"
 
 
 def _without(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:

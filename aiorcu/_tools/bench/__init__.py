@@ -13,6 +13,7 @@ p99 latency while a writer replaces the data every 10 ms.
   aiorcu bench --goals          also each row's goal and whether it was met
   aiorcu bench --wide           full names, baselines and notes
   aiorcu bench --json           one JSON object with every field
+  aiorcu bench --only Shared    only the steps whose title contains the text
   aiorcu bench --plot DIR       also PNG plots (needs matplotlib: the 'plot' extra)
 
 Exit status: 0 when the run completed (whatever the figures), 2 for bad
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from .measure import Case, Reporter, Result, Settings
 from .plots import write_plots
-from .run import CASES, add_arguments, run
+from .run import CASES, add_arguments, run, validate
 
 __all__ = [
     "CASES",
@@ -33,5 +34,6 @@ __all__ = [
     "Settings",
     "add_arguments",
     "run",
+    "validate",
     "write_plots",
 ]

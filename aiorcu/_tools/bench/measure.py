@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import math
 import random
+import statistics
 import threading
 import time
 import timeit
@@ -38,6 +39,7 @@ class Result:
     goal_ns: float | None = None
     """Largest ``ns_per_op`` that meets an absolute goal."""
     unit: str = "ns/op"
+    """``"ns/op"``, ``"ns (p99)"``, ``"ns total"``, or a count's unit (``"hops"``)."""
     note: str | None = None
     label: str | None = None
     """A short form of ``name`` for the default (narrow) table."""
@@ -45,6 +47,10 @@ class Result:
     """A short form of ``baseline`` for the default (narrow) table."""
     needs_extra: str | None = None
     """The optional extra whose absence kept this row from being measured."""
+    paired_ratio: float | None = None
+    """For rows measured in pairs of trials: the median of the pairs' ratios,
+    shown as the row's ratio (the costs are then each side's median, and
+    JSON's ``ratio_of`` says ``"pairs"`` rather than ``"figures"``)."""
 
     @property
     def short_name(self) -> str:
@@ -57,6 +63,8 @@ class Result:
     @property
     def ratio(self) -> float | None:
         """aiorcu's cost divided by the baseline's (below 1 means aiorcu is faster)."""
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         if self.baseline_ns_per_op is None or not self.baseline_ns_per_op > 0:
             return None
         if math.isnan(self.ns_per_op):
@@ -80,6 +88,7 @@ class Result:
             "baseline": self.baseline,
             "baseline_ns_per_op": _rounded(self.baseline_ns_per_op),
             "ratio": None if self.ratio is None else round(self.ratio, 3),
+            "ratio_of": "pairs" if self.paired_ratio is not None else "figures",
             "goal": self.goal,
             "met": self.met,
             "unit": self.unit,
@@ -193,6 +202,62 @@ def best_of(
     return {name: seconds / number * 1e9 for name, seconds in best.items()}
 
 
+@final
+@dataclasses.dataclass(frozen=True)
+class Paired:
+    """Figures of a candidate and its baseline, trial by trial, in pairs."""
+
+    candidate: list[float]
+    baseline: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [c / b for c, b in zip(self.candidate, self.baseline, strict=True) if b > 0]
+
+    @property
+    def ratio(self) -> float:
+        """The median of the pairs' ratios: a pair hit by a burst of noise moves it little."""
+        ratios = self.ratios
+        return statistics.median(ratios) if ratios else math.nan
+
+    def quartiles(self) -> tuple[float, float]:
+        """The middle half of the pairs' ratios, for the notes."""
+        ratios = self.ratios
+        if len(ratios) < 2:
+            return self.ratio, self.ratio
+        low, _, high = statistics.quantiles(ratios, n=4)
+        return low, high
+
+
+def paired(
+    candidate: Callable[[], float],
+    baseline: Callable[[], float],
+    pairs: int,
+    *,
+    warm_up: bool = True,
+) -> Paired:
+    """``pairs`` trials of each side, A B, B A, A B, ...: each call is one trial's figure.
+
+    Each pair runs back to back, so the load of the moment weighs on both of
+    its trials; alternating which goes first cancels what running second
+    costs or saves (a warm cache, a frequency step).  ``warm_up`` runs one
+    trial of each side first and drops it (caches, slots, lazily built
+    objects).
+    """
+    if warm_up:
+        candidate(), baseline()
+    mine: list[float] = []
+    theirs: list[float] = []
+    for i in range(pairs):
+        if i % 2:
+            theirs.append(baseline())
+            mine.append(candidate())
+        else:
+            mine.append(candidate())
+            theirs.append(baseline())
+    return Paired(mine, theirs)
+
+
 def stmt(statement: str, **namespace: object) -> Callable[[int], float]:
     timer = timeit.Timer(statement, globals=namespace)
     return timer.timeit
@@ -216,8 +281,11 @@ def percentile(samples: list[int], q: float) -> float:
 
 
 def fmt_ns(value: float | None, unit: str = "ns/op") -> str:
+    """A time for the table; a figure in another unit (a count, ``"hops"``) with its unit."""
     if value is None or math.isnan(value):
         return "-"
+    if not unit.startswith("ns"):
+        return f"{value:,.0f} {unit}"
     if unit == "ns total" or value >= 1e6:
         return f"{value / 1e6:,.2f} ms"
     if value >= 10_000:

@@ -24,6 +24,8 @@ WIDTH = 100
 """The default table, header and notes fit in this many columns."""
 MIN_TEXT = 12
 """A text column is never truncated below this width."""
+PAIRED_MARK = "*"
+"""After a ratio taken from pairs of trials (`Result.paired_ratio`), explained below the table."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,7 @@ def fmt_ratio(res: Result) -> str:
     if ratio < 1 and res.goal is not None and "faster" in res.goal:
         faster = 1 / ratio
         return f"{ratio:.2f}x ({faster:.{0 if faster >= 10 else 1}f}x faster)"
-    return f"{ratio:.2f}x"
+    return f"{ratio:.2f}x{PAIRED_MARK if res.paired_ratio is not None else ''}"
 
 
 def fmt_met(res: Result) -> str:
@@ -129,6 +131,11 @@ def notes(results: list[Result], *, wide: bool) -> list[str]:
 
 def footer(results: list[Result], *, wide: bool, goals: bool) -> list[str]:
     lines = []
+    if any(res.paired_ratio is not None for res in results):
+        lines.append(
+            f"{PAIRED_MARK} the median of paired trials' ratios (A B, B A, ...), not the quotient "
+            "of the two costs shown"
+        )
     if goals:
         met = [res.met for res in results if res.met is not None]
         lines.append(f"goals met: {sum(met)} of {len(met)}")

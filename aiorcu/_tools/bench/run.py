@@ -12,6 +12,7 @@ from . import plots, report
 from .cases_app import bench_asgi, bench_busy_readers, bench_fence_mode
 from .cases_features import bench_bitmap, bench_cell_callbacks
 from .cases_read import bench_async_read, bench_thread_read
+from .cases_shared import bench_shared_grace, bench_shared_read, bench_shared_readers
 from .cases_writers import bench_synchronize_idle, bench_wait_modes, bench_writer_scenario
 from .measure import Case, Result, Settings
 
@@ -30,6 +31,11 @@ CASES: list[Case] = [
     Case("grace periods with CPU-bound reader threads", bench_busy_readers, (6.5, 0.8)),
     Case("bitmap: check_range, GuardedMemory.read, commits", bench_bitmap, (2, 0.1)),
     Case("RcuCell.get() and call_after_grace_period()", bench_cell_callbacks, (1.5, 0.1)),
+    Case("SharedDomain read sections vs Domain", bench_shared_read, (4, 0.2)),
+    Case("SharedDomain grace periods with 1, 2, 4, 8 processes attached", bench_shared_grace,
+         (20, 4)),
+    Case("SharedDomain reader processes with a writer revoking every 10 ms",
+         bench_shared_readers, (9, 4)),
     Case("an ASGI app answering lookups while a writer replaces its table", bench_asgi, (4.5, 1)),
     Case("read sections in fence mode (AIORCU_MEMBARRIER=off), in a subprocess",
          bench_fence_mode, (15, 1.5)),
@@ -60,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write PNG plots of read cost and grace-period latency into DIR "
         "(needs matplotlib: the 'plot' extra)",
     )
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        help="run only the steps whose title contains TEXT (case-insensitive), "
+        "e.g. --only SharedDomain",
+    )
     advanced = parser.add_argument_group("advanced")
     advanced.add_argument(
         "--repeat",
@@ -67,6 +79,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="interleaved trials per figure; the best counts (default: 7, quick: 3)",
     )
+
+
+def selected(only: str | None) -> list[Case]:
+    """The steps to run: all of them, or those whose title contains ``only``."""
+    if not only:
+        return list(CASES)
+    return [case for case in CASES if only.casefold() in case.title.casefold()]
+
+
+def validate(args: argparse.Namespace) -> str | None:
+    if args.only is not None and not selected(args.only):
+        titles = "; ".join(case.title for case in CASES)
+        return f"--only {args.only!r} matches no step; the steps are: {titles}"
+    return None
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
@@ -86,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
             return 2
     settings = settings_for(args)
-    estimates = [case.estimate(settings) for case in CASES]
+    cases = selected(args.only)
+    estimates = [case.estimate(settings) for case in cases]
     if args.plot:
         estimates += [quick if settings.quick else full for full, quick in PLOT_STEPS]
     results: list[Result] = []
     written: list[str] = []
     with Progress("bench", len(estimates), estimates=estimates, stream=sys.stderr) as progress:
-        for case in CASES:
+        for case in cases:
             progress.step(case.title)
             results.extend(case.run(settings))
         if args.plot:
