@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing import shared_memory
-from typing import Any, Final, final
+from typing import Final, final
 
 import aiorcu
 from aiorcu import testing
@@ -87,8 +87,7 @@ class Child:
         self.raw = raw
         self.stop = threading.Event()
         self._shm = shm
-        # testing's hooks are annotated for Domain; a SharedDomain works too.
-        self.completed = testing.completed_sequence(loose(domain))
+        self.completed = testing.completed_sequence(domain)
 
     def ready(self) -> None:
         """Says this child is ready, then waits for the go word (or the end)."""
@@ -120,11 +119,6 @@ class Child:
     def scribble(self, page: int, data: bytes) -> None:
         """Writes a page through the raw buffer, past the guard (as a device would)."""
         self.raw[page * PAGE_SIZE : (page + 1) * PAGE_SIZE] = data
-
-
-def loose(domain: aiorcu.SharedDomain) -> Any:
-    """The domain for `aiorcu.testing`'s hooks, annotated for `Domain` only."""
-    return domain
 
 
 def started(pid: int) -> int | None:
@@ -184,9 +178,10 @@ def attached(config: ChildConfig) -> Iterator[Child]:
             finally:
                 child.stop.set()
                 watcher.join()
-                memory.close()
-                board.release()
-            domain.barrier_blocking()  # this process's callbacks, before close()
+            # This process's callbacks, which write on the board, before close().
+            domain.barrier_blocking()
+            memory.close()
+            board.release()
         finally:
             domain.close()
     finally:
@@ -225,7 +220,7 @@ def jitter(child: Child, reader: bool) -> Iterator[None]:
     if not child.config.jitter:
         yield
     elif reader:
-        with testing.reader_delay(loose(child.domain), _reader_delay):
+        with testing.reader_delay(child.domain, _reader_delay):
             yield
     else:
         with testing.writer_jitter(WRITER_JITTER_S):

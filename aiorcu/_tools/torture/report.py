@@ -113,8 +113,14 @@ def print_process_summary(figures: dict[str, Any]) -> None:
         ),
         (
             "backstop timeouts",
-            f"{figures['backstop_timeouts']:,} (read sections of 50 ms or more: "
-            f"{figures['long_sections']:,}, longest {figures['longest_section_ms']:.1f} ms)",
+            f"{figures['backstop_timeouts']:,}"
+            + (
+                f", while a victim was stopped {kills['backstops_during_kills']:,}"
+                if figures["kill"]
+                else ""
+            )
+            + f" (read sections of 50 ms or more: {figures['long_sections']:,}, longest "
+            f"{figures['longest_section_ms']:.1f} ms)",
         ),
         ("errors", f"{figures['errors']:,}"),
     ]

@@ -32,7 +32,7 @@ import aiorcu
 from aiorcu import testing
 
 from .board import PAGE_SIZE, Board, Col, Lane
-from .children import Child, ChildConfig, attached, guarded, jitter, loose
+from .children import Child, ChildConfig, attached, guarded, jitter
 
 MAX_CALLBACKS: Final = 4  # an async lane's elements waiting for their callbacks
 CLEAN: Final = bytes(PAGE_SIZE)
@@ -182,7 +182,7 @@ def writer_main(config: ChildConfig) -> None:
     """A writer process: the sync and memory lanes on threads, the async lane on the loop."""
     with attached(config) as child, jitter(child, reader=False):
         if config.busted:
-            testing.set_busted(loose(child.domain))
+            testing.set_busted(child.domain)
         recover(child, config.writer)
         child.ready()
         child.board.set_ready(config.slot, True)
