@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ._aiorcu_cffi import ffi, lib
+from ._errors import AiorcuError
 
 logger = logging.getLogger("aiorcu")
 
@@ -190,12 +191,12 @@ class CoreDomain:
         slot: int = lib.aiorcu_slot_alloc(self._d, owner_tid)
         if slot < 0:
             if self.shared:
-                raise RuntimeError(
+                raise AiorcuError(
                     "aiorcu: this shared domain has no free reader slot: all of its "
                     f"{self.stats()['slots_capacity']} slots are taken by threads of attached "
                     "processes; create it with a larger max_threads"
                 )
-            raise RuntimeError(
+            raise AiorcuError(
                 f"aiorcu: no free reader slot ({lib.AIORCU_MAX_SLOTS} threads at most per domain)"
             )
         return slot

@@ -31,8 +31,9 @@ class DomainStatistics:
     callbacks_pending: int
     """Callbacks queued by ``call_after_grace_period`` and not yet run."""
     dead_readers_released: int = 0
-    """Threads that exited (or were proven dead) inside a section, whose slots were
-    released so grace periods stop waiting for them; each counted once."""
+    """Threads that exited, and (`SharedDomain`) processes proven dead, with a
+    section still open, whose slots were released so grace periods stop
+    waiting for them; each thread or process counted once."""
     processes_attached: int = 1
     """Processes taking part in the domain (1 for a `Domain`)."""
     barriers_elided: int = 0

@@ -258,46 +258,66 @@ class SharedDomain(ReadWriteDomain):
 
     # Every use after close() is refused, the cheap ones too.
     def snapshot(self) -> int:
+        """As `Domain.snapshot()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         return super().snapshot()
 
     def start_grace_period(self) -> int:
+        """As `Domain.start_grace_period()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         return super().start_grace_period()
 
     def poll(self, token: int) -> bool:
+        """As `Domain.poll()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         return super().poll(token)
 
     def check_blocking_wait(self, what: str) -> None:
+        """As `Domain.check_blocking_wait()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         super().check_blocking_wait(what)
 
     def check_async_wait(self, what: str) -> None:
+        """As `Domain.check_async_wait()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         super().check_async_wait(what)
 
     def barrier_blocking(self) -> None:
+        """As `Domain.barrier_blocking()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         super().barrier_blocking()
 
     async def barrier(self) -> None:
+        """As `Domain.barrier()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         await super().barrier()
 
-    for _method in (
-        snapshot,
-        start_grace_period,
-        poll,
-        check_blocking_wait,
-        check_async_wait,
-        barrier_blocking,
-        barrier,
-    ):
-        _method.__doc__ = getattr(ReadWriteDomain, _method.__name__).__doc__
-    del _method
-
     def synchronize_blocking(self, timeout: float | None = None) -> None:
+        """As `Domain.synchronize_blocking()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         self._waiting(1)
         try:
@@ -305,9 +325,11 @@ class SharedDomain(ReadWriteDomain):
         finally:
             self._waiting(-1)
 
-    synchronize_blocking.__doc__ = ReadWriteDomain.synchronize_blocking.__doc__
-
     async def synchronize(self) -> None:
+        """As `Domain.synchronize()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         self._waiting(1)
         try:
@@ -315,9 +337,11 @@ class SharedDomain(ReadWriteDomain):
         finally:
             self._waiting(-1)
 
-    synchronize.__doc__ = ReadWriteDomain.synchronize.__doc__
-
     def wait_blocking(self, token: int, timeout: float | None = None) -> None:
+        """As `Domain.wait_blocking()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         self._waiting(1)
         try:
@@ -325,17 +349,17 @@ class SharedDomain(ReadWriteDomain):
         finally:
             self._waiting(-1)
 
-    wait_blocking.__doc__ = ReadWriteDomain.wait_blocking.__doc__
-
     async def wait(self, token: int) -> None:
+        """As `Domain.wait()`, across every attached process.
+
+        Raises `RcuUsageError` after `close()`.
+        """
         self._check_open()
         self._waiting(1)
         try:
             await super().wait(token)
         finally:
             self._waiting(-1)
-
-    wait.__doc__ = ReadWriteDomain.wait.__doc__
 
     def stats(self) -> DomainStatistics:
         """A snapshot of the domain's counters.
