@@ -35,7 +35,7 @@ CASES: list[Case] = [
     Case("SharedDomain grace periods with 1, 2, 4, 8 processes attached", bench_shared_grace,
          (20, 4)),
     Case("SharedDomain reader processes with a writer revoking every 10 ms",
-         bench_shared_readers, (9, 4)),
+         bench_shared_readers, (15, 4)),
     Case("an ASGI app answering lookups while a writer replaces its table", bench_asgi, (4.5, 1)),
     Case("read sections in fence mode (AIORCU_MEMBARRIER=off), in a subprocess",
          bench_fence_mode, (15, 1.5)),
