@@ -27,36 +27,36 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define AIORCU_CACHELINE 64
+#define AIORCU_CACHELINE   64
 #define AIORCU_CHUNK_SLOTS 64
-#define AIORCU_MAX_SLOTS 65536
+#define AIORCU_MAX_SLOTS   65536
 
 /* Section kinds; each has its own counts and generation in a slot. */
-#define AIORCU_KIND_THREAD 0 /* `with` sections */
-#define AIORCU_KIND_TASK 1   /* `async with` sections */
-#define AIORCU_NKINDS 2
-#define AIORCU_NCOUNTS 4 /* count[AIORCU_COUNT(kind, phase)] */
+#define AIORCU_KIND_THREAD        0 /* `with` sections */
+#define AIORCU_KIND_TASK          1 /* `async with` sections */
+#define AIORCU_NKINDS             2
+#define AIORCU_NCOUNTS            4 /* count[AIORCU_COUNT(kind, phase)] */
 #define AIORCU_COUNT(kind, phase) ((kind) * 2 + (phase))
 
 /* Byte offsets inside the reader-visible control line. */
-#define AIORCU_CTL_PHASE 0   /* current phase, 0 or 1; written by the writer */
+#define AIORCU_CTL_PHASE   0 /* current phase, 0 or 1; written by the writer */
 #define AIORCU_CTL_WAITING 2 /* + phase: a writer sleeps until that phase drains */
-#define AIORCU_CTL_SIZE 8
+#define AIORCU_CTL_SIZE    8
 
 /* Results of aiorcu_synchronize(). */
-#define AIORCU_OK 0
+#define AIORCU_OK       0
 #define AIORCU_TIMEDOUT 1 /* deadline passed; grace period abandoned */
-#define AIORCU_BUSY 2     /* try mode: would have to wait */
+#define AIORCU_BUSY     2 /* try mode: would have to wait */
 #define AIORCU_EBARRIER 3 /* no working memory barrier for the readers */
-#define AIORCU_EINVAL 4   /* bitmap op outside the bitmap */
-#define AIORCU_ENOMEM 5   /* out of memory */
+#define AIORCU_EINVAL   4 /* bitmap op outside the bitmap */
+#define AIORCU_ENOMEM   5 /* out of memory */
 #define AIORCU_ECORRUPT 6 /* a segment or buffer failed validation */
-#define AIORCU_ESYS 7     /* a system call failed (errno says which) */
+#define AIORCU_ESYS     7 /* a system call failed (errno says which) */
 
 /* Barrier mechanisms: a process's private domains use the one chosen at
  * start-up; a shared domain uses the one its creator recorded. */
-#define AIORCU_MECH_FENCE 0
-#define AIORCU_MECH_MEMBARRIER 1        /* MEMBARRIER_CMD_PRIVATE_EXPEDITED */
+#define AIORCU_MECH_FENCE             0
+#define AIORCU_MECH_MEMBARRIER        1 /* MEMBARRIER_CMD_PRIVATE_EXPEDITED */
 #define AIORCU_MECH_MEMBARRIER_GLOBAL 2 /* MEMBARRIER_CMD_GLOBAL_EXPEDITED (shared) */
 
 /* Shared segments (shared.c). */
@@ -64,15 +64,15 @@
 
 /* How a writer waits for readers once its short spin is over. */
 #define AIORCU_WAIT_FUTEX 0 /* sleep; readers wake the writer */
-#define AIORCU_WAIT_POLL 1  /* sleep with exponential backoff */
+#define AIORCU_WAIT_POLL  1 /* sleep with exponential backoff */
 
 /* Flags for aiorcu_synchronize(). */
-#define AIORCU_SYNC_TRY 1    /* never wait: return AIORCU_BUSY instead */
+#define AIORCU_SYNC_TRY    1 /* never wait: return AIORCU_BUSY instead */
 #define AIORCU_SYNC_BUSTED 2 /* negative control: skip every reader wait */
 
 /* Stages of a grace period, reported to the stall callback. */
 #define AIORCU_STAGE_STRAGGLERS 1 /* waiting for the non-current phase */
-#define AIORCU_STAGE_CLOSED 2     /* waiting for the phase just closed */
+#define AIORCU_STAGE_CLOSED     2 /* waiting for the phase just closed */
 
 /* aiorcu_slot_release(): the slot was not owned by the given thread. */
 #define AIORCU_NOT_OWNER UINT64_MAX
@@ -159,8 +159,8 @@ uint64_t aiorcu_slot_counts(struct aiorcu_domain *d, int slot, uint64_t out[AIOR
  * slot was released since (generation changed), F2, decrement, F3, wake.
  * Returns 1 if it decremented, 0 if the slot's counts were already gone. */
 int aiorcu_section_release(struct aiorcu_domain *d, void *line, int kind, int phase, uint64_t gen);
-size_t aiorcu_blocking_slots(struct aiorcu_domain *d, int phase, int32_t *out,
-                             uint64_t *blocked_ns, size_t max);
+size_t aiorcu_blocking_slots(struct aiorcu_domain *d, int phase, int32_t *out, uint64_t *blocked_ns,
+                             size_t max);
 /* There is no after-fork call: fork handlers registered with the first
  * domain release every slot but the forking thread's in the child (the
  * caller adjusts that slot's task counts to what the child can leave). */
@@ -182,8 +182,7 @@ int aiorcu_domain_mechanism(struct aiorcu_domain *d);
 size_t aiorcu_shared_size(uint32_t max_threads);
 /* Formats `size` bytes at `mem` (creator).  `fence`: the domain's readers
  * use fences (else membarrier GLOBAL_EXPEDITED).  AIORCU_OK or an error. */
-int aiorcu_shared_format(void *mem, size_t size, const char *name, uint32_t max_threads,
-                         int fence);
+int aiorcu_shared_format(void *mem, size_t size, const char *name, uint32_t max_threads, int fence);
 /* Validates a segment and returns a handle (not yet joined); on error NULL,
  * with a message in `why`. */
 struct aiorcu_domain *aiorcu_shared_open(void *mem, size_t size, const char *name, char *why,
@@ -245,7 +244,7 @@ int aiorcu_bitmap_apply(uint64_t *words, uint64_t pages, const struct aiorcu_bit
  */
 #define AIORCU_BUF_BITMAP 1
 #define AIORCU_BUF_MEMORY 2
-#define AIORCU_RECOVERED 8 /* aiorcu_buffer_lock: the previous holder died */
+#define AIORCU_RECOVERED  8 /* aiorcu_buffer_lock: the previous holder died */
 struct aiorcu_buffer_view {
     int kind;
     uint64_t pages;
@@ -290,8 +289,8 @@ struct aiorcu_section {
     int phase;
     int state; /* AIORCU_SECTION_* */
 };
-#define AIORCU_SECTION_NEW 0
-#define AIORCU_SECTION_OPEN 1
+#define AIORCU_SECTION_NEW    0
+#define AIORCU_SECTION_OPEN   1
 #define AIORCU_SECTION_CLOSED 2
 
 int aiorcu_reader_init(struct aiorcu_reader *r, struct aiorcu_domain *d);

@@ -42,8 +42,8 @@ int64_t aiorcu_bitmap_first_clear(const uint64_t *words, uint64_t start, uint64_
     while (pos < end) {
         uint64_t w = pos / WORD_BITS;
         unsigned lo = (unsigned)(pos % WORD_BITS);
-        unsigned hi = end - w * WORD_BITS >= WORD_BITS ? WORD_BITS
-                                                       : (unsigned)(end - w * WORD_BITS);
+        unsigned hi =
+            end - w * WORD_BITS >= WORD_BITS ? WORD_BITS : (unsigned)(end - w * WORD_BITS);
         uint64_t clear = ~load_word(&words[w]) & bits_mask(lo, hi);
         if (clear)
             return (int64_t)(w * WORD_BITS + (unsigned)__builtin_ctzll(clear));
@@ -134,8 +134,8 @@ static void flush(uint64_t *words, struct pending *p, uint64_t out[2])
 }
 
 /* Sets bits [a, b) to `value` (final values: each bit is touched once). */
-static void apply_segment(uint64_t *words, uint64_t a, uint64_t b, int value,
-                          struct pending *p, uint64_t out[2])
+static void apply_segment(uint64_t *words, uint64_t a, uint64_t b, int value, struct pending *p,
+                          uint64_t out[2])
 {
     while (a < b) {
         uint64_t w = a / WORD_BITS;
@@ -148,8 +148,7 @@ static void apply_segment(uint64_t *words, uint64_t a, uint64_t b, int value,
             a += full * WORD_BITS;
             continue;
         }
-        unsigned hi = b - w * WORD_BITS >= WORD_BITS ? WORD_BITS
-                                                     : (unsigned)(b - w * WORD_BITS);
+        unsigned hi = b - w * WORD_BITS >= WORD_BITS ? WORD_BITS : (unsigned)(b - w * WORD_BITS);
         if (p->word != w) {
             flush(words, p, out);
             p->word = w;

@@ -164,7 +164,8 @@ int aiorcu_buffer_open(void *mem, size_t len, struct aiorcu_buffer_view *v, char
 int aiorcu_buffer_lock(const struct aiorcu_buffer_view *v, int try_only)
 {
     struct buf_header *h = v->header;
-    int rc = try_only ? pthread_mutex_trylock(&h->commit_lock) : pthread_mutex_lock(&h->commit_lock);
+    int rc =
+        try_only ? pthread_mutex_trylock(&h->commit_lock) : pthread_mutex_lock(&h->commit_lock);
     if (rc == 0)
         return AIORCU_OK;
     if (rc == EBUSY)

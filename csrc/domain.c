@@ -6,7 +6,7 @@
 #include "internal.h"
 #include "reader.h"
 
-#define STALL_FIRST_NS 1000000000ull /* 1 s */
+#define STALL_FIRST_NS 1000000000ull  /* 1 s */
 #define STALL_MAX_NS   60000000000ull /* 60 s */
 
 static void init_locks(struct aiorcu_state *st)
@@ -271,8 +271,7 @@ int aiorcu_slot_alloc(struct aiorcu_domain *d, uint64_t owner_tid)
         struct aiorcu_slot *s = aiorcu__slot(d, found);
         for (int i = 0; i < AIORCU_NCOUNTS; i++)
             atomic_store_explicit(&s->line.count[i], 0, memory_order_relaxed);
-        uint64_t token =
-            atomic_fetch_add_explicit(&d->st->next_owner, 1, memory_order_relaxed) + 1;
+        uint64_t token = atomic_fetch_add_explicit(&d->st->next_owner, 1, memory_order_relaxed) + 1;
         atomic_store_explicit(&s->line.owner, token, memory_order_relaxed);
         aiorcu__thread_get(me);
         s->life = me;

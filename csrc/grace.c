@@ -25,10 +25,10 @@
 
 #include "internal.h"
 
-#define SPIN_NS 20000ull          /* spin this long before sleeping */
-#define BACKSTOP_NS 50000000ull   /* futex sleeps end after this at the latest */
-#define POLL_MIN_NS 2000ull       /* poll mode: first sleep */
-#define POLL_MAX_NS 1000000ull    /* poll mode: longest sleep */
+#define SPIN_NS     20000ull    /* spin this long before sleeping */
+#define BACKSTOP_NS 50000000ull /* futex sleeps end after this at the latest */
+#define POLL_MIN_NS 2000ull     /* poll mode: first sleep */
+#define POLL_MAX_NS 1000000ull  /* poll mode: longest sleep */
 
 uint64_t aiorcu_monotonic_ns(void)
 {
@@ -125,9 +125,9 @@ static int can_elide(struct aiorcu_domain *d, int caller_slot)
         return 0; /* "nobody else" would need a registry view of every process */
     if (aiorcu__registry_lock(d) < 0)
         return 0;
-    int alone = d->st->slots_live == 0 ||
-                (d->st->slots_live == 1 && aiorcu__slot_valid(d, caller_slot) &&
-                 aiorcu__slot(d, caller_slot)->in_use);
+    int alone =
+        d->st->slots_live == 0 || (d->st->slots_live == 1 && aiorcu__slot_valid(d, caller_slot) &&
+                                   aiorcu__slot(d, caller_slot)->in_use);
     aiorcu__registry_unlock(d);
     return alone;
 }
@@ -251,7 +251,8 @@ static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_w
         /* Release: a reader that sees the waiting byte also sees futex == -1,
          * so its wake's exchange cannot miss the sleeper (pairs with the
          * acquire load of the waiting byte in aiorcu_read_uncount). */
-        atomic_store_explicit(&d->st->ctl.bytes[AIORCU_CTL_WAITING + phase], 1, memory_order_release);
+        atomic_store_explicit(&d->st->ctl.bytes[AIORCU_CTL_WAITING + phase], 1,
+                              memory_order_release);
         /* M2: either a reader's load of the waiting byte after its 1 -> 0
          * decrement (F3) sees 1 and wakes us, or our rescan sees the
          * decrement.  Pairs with F3 (membarrier mode: the IPI stands in for

@@ -52,7 +52,7 @@
 #include "reader.h"
 
 #define CACHE_WAYS 32 /* thread-local slot cache entries; a power of two */
-#define FREE_MAX 64   /* sections kept for reuse */
+#define FREE_MAX   64 /* sections kept for reuse */
 
 typedef void (*wake_fn)(void *core);
 typedef int (*release_fn)(void *core, void *line, int kind, int phase, uint64_t gen);
@@ -112,8 +112,7 @@ static int ensure_serial(void)
 /* --- domains -------------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    uint64_t serial;
+    PyObject_HEAD uint64_t serial;
     _Atomic uint8_t *ctl; /* the domain's control line */
     void *core;           /* argument of wake/release */
     wake_fn wake;
@@ -162,8 +161,8 @@ static int lookup_line(DomainBaseObject *d, int create, struct aiorcu_reader_lin
 {
     if (ensure_serial() < 0)
         return -1;
-    PyObject *res = PyObject_CallMethodOneArg((PyObject *)d, str_thread_slot,
-                                              create ? Py_True : Py_False);
+    PyObject *res =
+        PyObject_CallMethodOneArg((PyObject *)d, str_thread_slot, create ? Py_True : Py_False);
     if (!res)
         return -1;
     struct aiorcu_reader_line *l = NULL;
@@ -220,13 +219,12 @@ static PyObject *DomainBase_unbind(DomainBaseObject *d, PyObject *unused)
 
 /* --- sections -------------------------------------------------------------- */
 
-#define STATE_NEW AIORCU_SECTION_NEW
-#define STATE_OPEN AIORCU_SECTION_OPEN
+#define STATE_NEW    AIORCU_SECTION_NEW
+#define STATE_OPEN   AIORCU_SECTION_OPEN
 #define STATE_CLOSED AIORCU_SECTION_CLOSED
 
 typedef struct {
-    PyObject_HEAD
-    DomainBaseObject *domain; /* strong: keeps the slot memory alive */
+    PyObject_HEAD DomainBaseObject *domain; /* strong: keeps the slot memory alive */
     struct aiorcu_reader_line *line;
     PyObject *prev;  /* task sections: the context's previous open record */
     void *context;   /* task sections: identity of the context entered in */
@@ -329,10 +327,8 @@ static inline int section_close(SectionObject *s)
 static PyObject *section_problem(SectionObject *s, const char *what, PyObject *exc_type)
 {
     PyObject *args[] = {
-        (PyObject *)s->domain,
-        PyUnicode_FromString(what),
-        PyLong_FromLong(s->kind),
-        PyLong_FromUnsignedLongLong(s->thread),
+        (PyObject *)s->domain,         PyUnicode_FromString(what),
+        PyLong_FromLong(s->kind),      PyLong_FromUnsignedLongLong(s->thread),
         exc_type ? exc_type : Py_None,
     };
     PyObject *res = NULL;
@@ -420,8 +416,7 @@ static int exit_common(SectionObject *s, int kind, PyObject *exc_type)
     int released;
     int foreign = section_uncount(s, &released);
     const char *problem = foreign ? "thread" : s->kind != kind ? "kind" : NULL;
-    if (!problem && kind == AIORCU_KIND_TASK && released && exc_type &&
-        PyType_Check(exc_type) &&
+    if (!problem && kind == AIORCU_KIND_TASK && released && exc_type && PyType_Check(exc_type) &&
         PyType_IsSubtype((PyTypeObject *)exc_type, (PyTypeObject *)PyExc_GeneratorExit)) {
         /* Closed by GeneratorExit: a coroutine or async generator being
          * finalized.  Outside the context that holds the section, that is
@@ -530,14 +525,12 @@ static PyObject *Section_repr(SectionObject *s)
     if (state == STATE_NEW)
         return PyUnicode_FromFormat("<aiorcu.ReadSection new>");
     return PyUnicode_FromFormat("<aiorcu.ReadSection %s %s phase=%d>", names[state],
-                                s->kind == AIORCU_KIND_THREAD ? "with" : "async with",
-                                s->phase);
+                                s->kind == AIORCU_KIND_THREAD ? "with" : "async with", s->phase);
 }
 
 static PyObject *Section_get_open(SectionObject *s, void *c)
 {
-    return PyBool_FromLong(atomic_load_explicit(&s->state, memory_order_relaxed) ==
-                           STATE_OPEN);
+    return PyBool_FromLong(atomic_load_explicit(&s->state, memory_order_relaxed) == STATE_OPEN);
 }
 
 static PyObject *Section_get_counted(SectionObject *s, void *c)
@@ -584,8 +577,7 @@ static PyGetSetDef Section_getset[] = {
     {"open", (getter)Section_get_open, NULL, "Entered and not yet left.", NULL},
     {"counted", (getter)Section_get_counted, NULL,
      "Open, and its count still stands (its slot was not released).", NULL},
-    {"kind", (getter)Section_get_kind, NULL, "\"thread\", \"task\", or None before entry.",
-     NULL},
+    {"kind", (getter)Section_get_kind, NULL, "\"thread\", \"task\", or None before entry.", NULL},
     {"domain", (getter)Section_get_domain, NULL, "The section's domain.", NULL},
     {"_prev", (getter)Section_get_prev, NULL, NULL, NULL},
     {"_thread", (getter)Section_get_thread, NULL, NULL, NULL},
@@ -603,8 +595,7 @@ PyDoc_STRVAR(Section_doc,
              "logger.");
 
 static PyTypeObject Section_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiorcu.ReadSection",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aiorcu.ReadSection",
     .tp_basicsize = sizeof(SectionObject),
     .tp_dealloc = (destructor)Section_dealloc,
     .tp_repr = (reprfunc)Section_repr,
@@ -627,8 +618,7 @@ static PyObject *Ready_next(PyObject *self)
 static PyAsyncMethods Ready_async = {.am_await = Ready_await};
 
 static PyTypeObject Ready_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiorcu._hotpath.Ready",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aiorcu._hotpath.Ready",
     .tp_basicsize = sizeof(PyObject),
     .tp_as_async = &Ready_async,
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -878,18 +868,15 @@ static int is_coroutine_function(PyObject *fn)
     return yes;
 }
 
-static PyObject *DomainBase_call_after(DomainBaseObject *d, PyObject *const *args,
-                                       Py_ssize_t nargs)
+static PyObject *DomainBase_call_after(DomainBaseObject *d, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError,
-                        "call_after_grace_period() needs a function to call");
+        PyErr_SetString(PyExc_TypeError, "call_after_grace_period() needs a function to call");
         return NULL;
     }
     PyObject *fn = args[0];
     if (!PyCallable_Check(fn)) {
-        PyErr_Format(PyExc_TypeError,
-                     "call_after_grace_period() needs a callable, not %.100s",
+        PyErr_Format(PyExc_TypeError, "call_after_grace_period() needs a callable, not %.100s",
                      Py_TYPE(fn)->tp_name);
         return NULL;
     }
@@ -991,8 +978,8 @@ static int kept_task_record(SectionObject *s, struct aiorcu_reader_line *line, u
                             uint64_t epoch, void *context)
 {
     return atomic_load(&s->state) == STATE_OPEN && s->kind == AIORCU_KIND_TASK &&
-           s->thread == tls.serial && s->line == line && s->context == context &&
-           s->gen == gen && s->epoch == epoch;
+           s->thread == tls.serial && s->line == line && s->context == context && s->gen == gen &&
+           s->epoch == epoch;
 }
 
 /* Shared domains, before a fork: what the child will keep, as counts by
@@ -1070,8 +1057,8 @@ static PyObject *DomainBase_fork_epoch(DomainBaseObject *d, PyObject *unused)
 
 static PyMethodDef DomainBase_methods[] = {
     {"read", (PyCFunction)DomainBase_read, METH_NOARGS, NULL},
-    {"call_after_grace_period", (PyCFunction)(void (*)(void))DomainBase_call_after,
-     METH_FASTCALL, NULL},
+    {"call_after_grace_period", (PyCFunction)(void (*)(void))DomainBase_call_after, METH_FASTCALL,
+     NULL},
     {"_bind", (PyCFunction)DomainBase_bind, METH_VARARGS, NULL},
     {"_inside", (PyCFunction)DomainBase_inside, METH_NOARGS,
      "Whether the caller is inside a read section of this domain."},
@@ -1090,14 +1077,12 @@ static PyMethodDef DomainBase_methods[] = {
 };
 
 static PyGetSetDef DomainBase_getset[] = {
-    {"_callbacks_idle", (getter)DomainBase_get_cb_idle, (setter)DomainBase_set_cb_idle, NULL,
-     NULL},
+    {"_callbacks_idle", (getter)DomainBase_get_cb_idle, (setter)DomainBase_set_cb_idle, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject DomainBase_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiorcu._hotpath.DomainBase",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aiorcu._hotpath.DomainBase",
     .tp_basicsize = sizeof(DomainBaseObject),
     .tp_dealloc = (destructor)DomainBase_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
@@ -1112,8 +1097,7 @@ static PyTypeObject DomainBase_Type = {
 /* --- RcuCell ----------------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    DomainBaseObject *domain;
+    PyObject_HEAD DomainBaseObject *domain;
     PyObject *value;
 } CellBaseObject;
 
@@ -1202,8 +1186,7 @@ static PyGetSetDef CellBase_getset[] = {
 };
 
 static PyTypeObject CellBase_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiorcu._hotpath.CellBase",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aiorcu._hotpath.CellBase",
     .tp_basicsize = sizeof(CellBaseObject),
     .tp_dealloc = (destructor)CellBase_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
@@ -1219,8 +1202,7 @@ static PyTypeObject CellBase_Type = {
 /* --- bitmaps ------------------------------------------------------------------ */
 
 typedef struct {
-    PyObject_HEAD
-    DomainBaseObject *domain;
+    PyObject_HEAD DomainBaseObject *domain;
     PyObject *owner; /* keeps `words` alive */
     const uint64_t *words;
     int64_t pages;
@@ -1281,8 +1263,8 @@ static int64_t first_clear_in(const uint64_t *words, int64_t start, int64_t coun
         int64_t w = pos >> 6;
         int lo = (int)(pos & 63);
         int hi = end - (w << 6) >= 64 ? 64 : (int)(end - (w << 6));
-        uint64_t mask = (hi == 64 ? ~UINT64_C(0) : (UINT64_C(1) << hi) - 1) &
-                        ~((UINT64_C(1) << lo) - 1);
+        uint64_t mask =
+            (hi == 64 ? ~UINT64_C(0) : (UINT64_C(1) << hi) - 1) & ~((UINT64_C(1) << lo) - 1);
         uint64_t clear =
             ~atomic_load_explicit((_Atomic uint64_t *)&words[w], memory_order_relaxed) & mask;
         if (clear)
@@ -1399,8 +1381,7 @@ static PyMethodDef BitmapBase_methods[] = {
 };
 
 static PyTypeObject BitmapBase_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiorcu._hotpath.BitmapBase",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aiorcu._hotpath.BitmapBase",
     .tp_basicsize = sizeof(BitmapBaseObject),
     .tp_dealloc = (destructor)BitmapBase_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
@@ -1413,8 +1394,7 @@ static PyTypeObject BitmapBase_Type = {
 /* --- guarded memory -------------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    BitmapBaseObject *bitmap;
+    PyObject_HEAD BitmapBaseObject *bitmap;
     PyObject *owner; /* keeps `data` alive */
     char *data;      /* NULL once closed */
     int64_t size;
@@ -1464,9 +1444,8 @@ static int span(MemoryBaseObject *m, const char *what, int64_t offset, int64_t l
 {
     int64_t size = m->size;
     if (length < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "GuardedMemory.%s: length must not be negative, not %lld", what,
-                     (long long)length);
+        PyErr_Format(PyExc_ValueError, "GuardedMemory.%s: length must not be negative, not %lld",
+                     what, (long long)length);
         return -1;
     }
     if (offset < 0 || offset > size || length > size - offset) {
@@ -1544,8 +1523,8 @@ static PyObject *MemoryBase_read(MemoryBaseObject *m, PyObject *const *args, Py_
         PyErr_SetString(PyExc_TypeError, "GuardedMemory.read() takes offset and length");
         return NULL;
     }
-    if (memory_bound(m) < 0 || arg_index(args[0], &offset) < 0 ||
-        arg_index(args[1], &length) < 0 || span(m, "read", offset, length) < 0)
+    if (memory_bound(m) < 0 || arg_index(args[0], &offset) < 0 || arg_index(args[1], &length) < 0 ||
+        span(m, "read", offset, length) < 0)
         return NULL;
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
     if (!out)
@@ -1557,8 +1536,7 @@ static PyObject *MemoryBase_read(MemoryBaseObject *m, PyObject *const *args, Py_
     return out;
 }
 
-static PyObject *MemoryBase_read_into(MemoryBaseObject *m, PyObject *const *args,
-                                      Py_ssize_t nargs)
+static PyObject *MemoryBase_read_into(MemoryBaseObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     int64_t offset;
     if (nargs != 2) {
@@ -1617,8 +1595,7 @@ static PyMethodDef MemoryBase_methods[] = {
 };
 
 static PyTypeObject MemoryBase_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiorcu._hotpath.MemoryBase",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aiorcu._hotpath.MemoryBase",
     .tp_basicsize = sizeof(MemoryBaseObject),
     .tp_dealloc = (destructor)MemoryBase_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
@@ -1673,8 +1650,8 @@ static struct PyModuleDef hotpath_module = {
 PyMODINIT_FUNC PyInit__hotpath(void)
 {
     pthread_atfork(NULL, NULL, fork_child_epoch);
-    static PyTypeObject *types[] = {&Section_Type,    &Ready_Type,      &DomainBase_Type,
-                                    &CellBase_Type,   &BitmapBase_Type, &MemoryBase_Type};
+    static PyTypeObject *types[] = {&Section_Type,  &Ready_Type,      &DomainBase_Type,
+                                    &CellBase_Type, &BitmapBase_Type, &MemoryBase_Type};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         if (PyType_Ready(types[i]) < 0)
             return NULL;
@@ -1686,8 +1663,8 @@ PyMODINIT_FUNC PyInit__hotpath(void)
     PyObject *m = PyModule_Create(&hotpath_module);
     if (!m)
         return NULL;
-    const char *names[] = {"ReadSection", "Ready", "DomainBase", "CellBase", "BitmapBase",
-                           "MemoryBase"};
+    const char *names[] = {"ReadSection", "Ready",      "DomainBase",
+                           "CellBase",    "BitmapBase", "MemoryBase"};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         if (PyModule_AddObjectRef(m, names[i], (PyObject *)types[i]) < 0) {
             Py_DECREF(m);

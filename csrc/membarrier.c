@@ -11,7 +11,7 @@
 
 static int mechanism = AIORCU_MECH_FENCE;
 static char reason[160] = "backend not initialised";
-static _Atomic int fail_count;  /* fault injection: calls left to fail */
+static _Atomic int fail_count; /* fault injection: calls left to fail */
 static _Atomic int fail_errno;
 
 static int sys_membarrier(int cmd, unsigned int flags)
@@ -40,8 +40,7 @@ int aiorcu_backend_init(int force_fence)
     }
     if (sys_membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0) < 0) {
         mechanism = AIORCU_MECH_FENCE;
-        snprintf(reason, sizeof reason, "REGISTER_PRIVATE_EXPEDITED failed: %s",
-                 strerror(errno));
+        snprintf(reason, sizeof reason, "REGISTER_PRIVATE_EXPEDITED failed: %s", strerror(errno));
         return mechanism;
     }
     mechanism = AIORCU_MECH_MEMBARRIER;
@@ -49,9 +48,15 @@ int aiorcu_backend_init(int force_fence)
     return mechanism;
 }
 
-int aiorcu_backend_mechanism(void) { return mechanism; }
+int aiorcu_backend_mechanism(void)
+{
+    return mechanism;
+}
 
-const char *aiorcu_backend_reason(void) { return reason[0] ? reason : NULL; }
+const char *aiorcu_backend_reason(void)
+{
+    return reason[0] ? reason : NULL;
+}
 
 void aiorcu_fence(void)
 {
@@ -114,8 +119,7 @@ int aiorcu__heavy_barrier(struct aiorcu_domain *d)
             return 0;
         /* Registration lost (possible after fork on some kernels): register
          * again and retry rather than skip the barrier. */
-        if (errno == EPERM &&
-            sys_membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0) == 0 &&
+        if (errno == EPERM && sys_membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0) == 0 &&
             attempt(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0)
             return 0;
     }

@@ -61,8 +61,8 @@ static inline int aiorcu_read_uncount(_Atomic uint8_t *ctl, struct aiorcu_reader
     else
         /* F2: compiler barrier only; the writer's M3 membarrier pairs here. */
         atomic_signal_fence(memory_order_seq_cst);
-    uint64_t old = atomic_fetch_sub_explicit(&line->count[AIORCU_COUNT(kind, phase)], 1,
-                                             memory_order_relaxed);
+    uint64_t old =
+        atomic_fetch_sub_explicit(&line->count[AIORCU_COUNT(kind, phase)], 1, memory_order_relaxed);
     if (old != 1)
         return 0;
     if (fence)

@@ -55,7 +55,7 @@
 #define PROC_LEAVING 3u
 
 #define JANITOR_NS  100000000ull /* lifeline wake-ups while a writer waits */
-#define MAX_BRIDGES 64            /* forks whose child has not adopted its slot yet */
+#define MAX_BRIDGES 64           /* forks whose child has not adopted its slot yet */
 
 struct seg_header {
     uint64_t magic;
@@ -211,8 +211,8 @@ struct aiorcu_domain *aiorcu_shared_open(void *mem, size_t size, const char *nam
     if (max_threads < 1 || max_threads > AIORCU_MAX_SLOTS || max_procs != max_threads)
         FAIL("corrupt segment: %u reader slots, %u process entries", max_threads, max_procs);
     struct layout l = layout_for(max_threads);
-    if (h->state_off != l.state_off || h->procs_off != l.procs_off ||
-        h->slots_off != l.slots_off || h->size != l.size)
+    if (h->state_off != l.state_off || h->procs_off != l.procs_off || h->slots_off != l.slots_off ||
+        h->size != l.size)
         FAIL("corrupt segment: its layout does not match its %u slots", max_threads);
     if (size < l.size)
         FAIL("the segment is %zu bytes; its header says %zu", size, l.size);
@@ -410,8 +410,7 @@ static void *lifeline_main(void *arg)
         if (aiorcu__registry_lock(d) >= 0) {
             for (size_t i = 0; i < d->ntable; i++) {
                 struct aiorcu_slot *s = &d->table[i];
-                if (s->in_use && s->proc == seg->my_proc && s->life &&
-                    aiorcu__thread_dead(s->life))
+                if (s->in_use && s->proc == seg->my_proc && s->life && aiorcu__thread_dead(s->life))
                     aiorcu__drop_owner(d, s);
             }
             aiorcu__registry_unlock(d);

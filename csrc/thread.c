@@ -40,8 +40,14 @@ void __tsan_acquire(void *addr);
 void __tsan_release(void *addr);
 static pthread_key_t tsan_key;
 static pthread_once_t tsan_once = PTHREAD_ONCE_INIT;
-static void tsan_thread_exit(void *t) { __tsan_release(t); }
-static void tsan_make_key(void) { pthread_key_create(&tsan_key, tsan_thread_exit); }
+static void tsan_thread_exit(void *t)
+{
+    __tsan_release(t);
+}
+static void tsan_make_key(void)
+{
+    pthread_key_create(&tsan_key, tsan_thread_exit);
+}
 #endif
 
 static pthread_mutex_t records_lock = PTHREAD_MUTEX_INITIALIZER;

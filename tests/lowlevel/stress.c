@@ -89,47 +89,47 @@ int pthread_mutex_clocklock(pthread_mutex_t *m, clockid_t clock, const struct ti
         return fn(m, clock, abstime);
     __tsan_mutex_pre_lock(m, __tsan_mutex_try_lock);
     int rc = fn(m, clock, abstime);
-    __tsan_mutex_post_lock(m, rc == 0 ? __tsan_mutex_try_lock
-                                      : __tsan_mutex_try_lock | __tsan_mutex_try_lock_failed,
-                           0);
+    __tsan_mutex_post_lock(
+        m, rc == 0 ? __tsan_mutex_try_lock : __tsan_mutex_try_lock | __tsan_mutex_try_lock_failed,
+        0);
     return rc;
 }
 #endif
 
-#define EXIT_USAGE 2
+#define EXIT_USAGE     2
 #define EXIT_VIOLATION 3
 #define EXIT_INVARIANT 4
-#define EXIT_HANG 5
-#define EXIT_SKIP 77
+#define EXIT_HANG      5
+#define EXIT_SKIP      77
 
-#define MODE_AUTO 0
-#define MODE_FENCE 1
+#define MODE_AUTO       0
+#define MODE_FENCE      1
 #define MODE_MEMBARRIER 2
 
-#define OBJ_LIVE 0x4c4956454f424a31ull   /* "LIVEOBJ1" */
+#define OBJ_LIVE   0x4c4956454f424a31ull /* "LIVEOBJ1" */
 #define OBJ_POISON 0xdeaddeaddeaddeadull
-#define OBJ_WORDS 6
+#define OBJ_WORDS  6
 
 #define THREAD AIORCU_KIND_THREAD
-#define TASK AIORCU_KIND_TASK
+#define TASK   AIORCU_KIND_TASK
 
-#define HOG_MAX 150        /* slots one hog round may hold: > 2 chunks */
-#define GROW_CHILDREN 3    /* threads registering at once on a fresh domain */
-#define GROW_SLOTS 48      /* slots each of them takes: 3 * 48 > 2 chunks */
-#define PENDING_MAX 1024   /* poll writer: objects waiting for their token */
-#define STALL_SLOTS 512
-#define MAX_TASKS 4
-#define MAX_NEST 4
-#define MAX_OVERLAP 4
+#define HOG_MAX            150  /* slots one hog round may hold: > 2 chunks */
+#define GROW_CHILDREN      3    /* threads registering at once on a fresh domain */
+#define GROW_SLOTS         48   /* slots each of them takes: 3 * 48 > 2 chunks */
+#define PENDING_MAX        1024 /* poll writer: objects waiting for their token */
+#define STALL_SLOTS        512
+#define MAX_TASKS          4
+#define MAX_NEST           4
+#define MAX_OVERLAP        4
 #define MAX_CHURN_CHILDREN 6
-#define MAX_DEAD_SECTIONS 3 /* sections a churn child may die inside */
-#define HANDOFF_CAP 256     /* handed-over sections waiting for a leaver */
-#define RACE_GATE_NS 200000ull /* two leaves of one section wait this long for each other */
-#define RELAY_LIMIT_S 3.0   /* longest a relay of overlapping sections may hold grace periods off */
-#define GP_STALL_LIMIT_S 3.0 /* the auditor: longest time without a completed grace period */
-#define COUNT_BOUND (1ull << 20) /* no count of open sections is ever this large */
-#define FORK_MAX 200        /* forks per run */
-#define FORK_CHILD_LIMIT_S 5.0 /* a fork child that has not exited by then is hung */
+#define MAX_DEAD_SECTIONS  3         /* sections a churn child may die inside */
+#define HANDOFF_CAP        256       /* handed-over sections waiting for a leaver */
+#define RACE_GATE_NS       200000ull /* two leaves of one section wait this long for each other */
+#define RELAY_LIMIT_S 3.0 /* longest a relay of overlapping sections may hold grace periods off */
+#define GP_STALL_LIMIT_S   3.0 /* the auditor: longest time without a completed grace period */
+#define COUNT_BOUND        (1ull << 20) /* no count of open sections is ever this large */
+#define FORK_MAX           200          /* forks per run */
+#define FORK_CHILD_LIMIT_S 5.0          /* a fork child that has not exited by then is hung */
 
 /* ------------------------------------------------------------------ */
 /* Options                                                             */
@@ -387,8 +387,10 @@ static void violation(const char *what, const struct obj *o, uint64_t magic, uin
 {
     uint64_t n = atomic_fetch_add_explicit(&g_violations, 1, memory_order_relaxed) + 1;
     if (n <= 5)
-        fprintf(stderr, "stress: VIOLATION #%" PRIu64 ": %s (object %p, magic %#" PRIx64
-                ", seq %" PRIu64 ")\n", n, what, (const void *)o, magic, seq);
+        fprintf(stderr,
+                "stress: VIOLATION #%" PRIu64 ": %s (object %p, magic %#" PRIx64 ", seq %" PRIu64
+                ")\n",
+                n, what, (const void *)o, magic, seq);
 }
 
 /* Reads a protected object: must be live and consistent. */
@@ -451,8 +453,8 @@ static void enter(struct aiorcu_reader *r, struct aiorcu_section *s, int kind, s
     if (state != AIORCU_SECTION_OPEN || s->kind != kind || (s->phase & ~1) != 0 ||
         s->thread != my_serial() || s->line != r->line)
         invariant_fail("entered section: state %d kind %d (want %d) phase %d thread %" PRIu64
-                       " (want %" PRIu64 ")", state, s->kind, kind, s->phase, s->thread,
-                       my_serial());
+                       " (want %" PRIu64 ")",
+                       state, s->kind, kind, s->phase, s->thread, my_serial());
 }
 
 /* Leaves a section this thread entered and has not handed to anyone. */
@@ -489,10 +491,10 @@ static int rnd_kind(void)
  *            the slot: the leave returns 0 and must change no count.
  * Only CHECKED items are read through: in the others the section may be
  * closed (or its slot released) before the reading thread gets to it. */
-#define HO_CHECKED 0
-#define HO_RACE2 1
+#define HO_CHECKED  0
+#define HO_RACE2    1
 #define HO_RACE_OWN 2
-#define HO_LATE 3
+#define HO_LATE     3
 
 struct handoff {
     struct aiorcu_section s;
@@ -571,8 +573,8 @@ static _Atomic(struct handoff *) g_phantom;
 static int handoff_to_forker(struct handoff *h)
 {
     int want = 1;
-    if (!atomic_compare_exchange_strong_explicit(&g_phantom_wanted, &want, 0,
-                                                 memory_order_acq_rel, memory_order_relaxed))
+    if (!atomic_compare_exchange_strong_explicit(&g_phantom_wanted, &want, 0, memory_order_acq_rel,
+                                                 memory_order_relaxed))
         return 0;
     /* Release: pairs with the forker's acquire exchange. */
     atomic_store_explicit(&g_phantom, h, memory_order_release);
@@ -839,8 +841,8 @@ static void op_relay(struct aiorcu_reader *r, struct counters *c)
             sched_yield();
             if (now_s() - t0 > RELAY_LIMIT_S) {
                 invariant_fail("a relay of overlapping sections held grace periods off for "
-                               "%.1f s (completed stayed below %" PRIu64 ")", now_s() - t0,
-                               start + 2);
+                               "%.1f s (completed stayed below %" PRIu64 ")",
+                               now_s() - t0, start + 2);
                 break;
             }
         }
@@ -894,10 +896,9 @@ static void reader_release(struct aiorcu_reader *r, struct counters *c)
         uint64_t got[AIORCU_NCOUNTS];
         /* UINT64_MAX: not the owner, or counts that sum to -1 (below zero). */
         invariant_fail("releasing our own slot %d returned AIORCU_NOT_OWNER (owner now %" PRIu64
-                       ", we are %" PRIu64 "; or its counts summed to -1)", r->slot,
-                       aiorcu_slot_counts(r->d, r->slot, got), my_serial());
-    }
-    else if (n > HANDOFF_CAP)
+                       ", we are %" PRIu64 "; or its counts summed to -1)",
+                       r->slot, aiorcu_slot_counts(r->d, r->slot, got), my_serial());
+    } else if (n > HANDOFF_CAP)
         invariant_fail("releasing our own slot %d dropped %" PRIu64 " sections", r->slot, n);
     else if (n > 0) {
         c->released_open++;
@@ -931,8 +932,9 @@ static void op_rereg_inside(struct reader_ctx *x)
     if (owner != my_serial() || memcmp(got, expect, sizeof got) != 0)
         invariant_fail("leaving a section of the released registration changed the new one's "
                        "counts (slot %d): %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
-                       ", want %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64, x->r.slot, got[0],
-                       got[1], got[2], got[3], expect[0], expect[1], expect[2], expect[3]);
+                       ", want %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64,
+                       x->r.slot, got[0], got[1], got[2], got[3], expect[0], expect[1], expect[2],
+                       expect[3]);
     check(o, c);
     leave(&x->r, &cur, c);
     c->stale_owner_leaves++;
@@ -1108,8 +1110,9 @@ static void late_leaves(struct churn_child *k, struct counters *c)
             invariant_fail("late leaves of a released slot's sections changed its new owner's "
                            "counts: slot %d owner %" PRIu64 " (want %" PRIu64 ") counts %" PRIu64
                            " %" PRIu64 " %" PRIu64 " %" PRIu64 ", want %" PRIu64 " %" PRIu64
-                           " %" PRIu64 " %" PRIu64, rr.slot, owner, my_serial(), got[0], got[1],
-                           got[2], got[3], expect[0], expect[1], expect[2], expect[3]);
+                           " %" PRIu64 " %" PRIu64,
+                           rr.slot, owner, my_serial(), got[0], got[1], got[2], got[3], expect[0],
+                           expect[1], expect[2], expect[3]);
         c->late_reuse_checks++;
         leave(&rr, &own[1], c);
         leave(&rr, &own[0], c);
@@ -1134,8 +1137,9 @@ static void bury_child(struct churn_child *k, struct counters *c)
     if (owner != k->serial || memcmp(got, expect, sizeof got) != 0)
         invariant_fail("dead thread's slot %d: owner %" PRIu64 " (want %" PRIu64
                        "), counts %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 ", want %" PRIu64
-                       " %" PRIu64 " %" PRIu64 " %" PRIu64, k->slot, owner, k->serial, got[0],
-                       got[1], got[2], got[3], expect[0], expect[1], expect[2], expect[3]);
+                       " %" PRIu64 " %" PRIu64 " %" PRIu64,
+                       k->slot, owner, k->serial, got[0], got[1], got[2], got[3], expect[0],
+                       expect[1], expect[2], expect[3]);
     uint64_t n = aiorcu_slot_release(g_d, k->slot, not_a_serial(k->serial));
     if (n != AIORCU_NOT_OWNER)
         invariant_fail("slot %d released for a thread that does not own it: %" PRIu64, k->slot, n);
@@ -1508,8 +1512,7 @@ static void *writer_poll_main(void *arg)
             if (g_mech == AIORCU_MECH_MEMBARRIER && rnd_below(3) == 0) {
                 /* 1-3 failing membarrier calls: some recovered by
                  * re-registration or GLOBAL, some ending in EBARRIER. */
-                aiorcu_debug_fail_membarrier(1 + (int)rnd_below(3),
-                                             rnd_below(2) ? EPERM : EINVAL);
+                aiorcu_debug_fail_membarrier(1 + (int)rnd_below(3), rnd_below(2) ? EPERM : EINVAL);
                 c->faults_injected++;
             }
         }
@@ -1539,42 +1542,53 @@ static void *writer_poll_main(void *arg)
  * and _exit(), nothing else. */
 enum {
     FC_OK = 0,
-    FC_SLOTS = 10,     /* a slot other than the forking thread's survived */
-    FC_OWN_SLOT,       /* the forking thread's own slot did not survive */
-    FC_OPEN,           /* sections_open is not the forking thread's own open sections */
-    FC_COUNTS,         /* the forking thread's slot does not count exactly its sections */
-    FC_NOT_BUSY,       /* the forking thread's open section did not hold a grace period */
-    FC_PHANTOM_RC,     /* leaving another thread's section (a phantom) did not return 0 */
+    FC_SLOTS = 10,      /* a slot other than the forking thread's survived */
+    FC_OWN_SLOT,        /* the forking thread's own slot did not survive */
+    FC_OPEN,            /* sections_open is not the forking thread's own open sections */
+    FC_COUNTS,          /* the forking thread's slot does not count exactly its sections */
+    FC_NOT_BUSY,        /* the forking thread's open section did not hold a grace period */
+    FC_PHANTOM_RC,      /* leaving another thread's section (a phantom) did not return 0 */
     FC_PHANTOM_CHANGED, /* ... or changed a count */
-    FC_OWN_RC,         /* leaving its own section did not return 0 */
-    FC_STILL_OPEN,     /* sections still counted after leaving them all */
-    FC_SYNC,           /* a grace period failed */
-    FC_SYNC_TIMEDOUT,  /* a grace period (or the writer mutex) timed out after 2 s */
-    FC_SLOW,           /* the grace periods took more than a second */
-    FC_SERIAL,         /* the forking thread's serial changed */
+    FC_OWN_RC,          /* leaving its own section did not return 0 */
+    FC_STILL_OPEN,      /* sections still counted after leaving them all */
+    FC_SYNC,            /* a grace period failed */
+    FC_SYNC_TIMEDOUT,   /* a grace period (or the writer mutex) timed out after 2 s */
+    FC_SLOW,            /* the grace periods took more than a second */
+    FC_SERIAL,          /* the forking thread's serial changed */
 };
 
 static const char *fork_child_what(int code)
 {
     switch (code) {
-    case FC_SLOTS: return "a slot of a thread that is not in the child survived the fork";
-    case FC_OWN_SLOT: return "the forking thread's own slot did not survive the fork";
-    case FC_OPEN: return "sections_open in the child is not the forking thread's own open sections";
-    case FC_COUNTS: return "the forking thread's slot does not count exactly its own sections";
+    case FC_SLOTS:
+        return "a slot of a thread that is not in the child survived the fork";
+    case FC_OWN_SLOT:
+        return "the forking thread's own slot did not survive the fork";
+    case FC_OPEN:
+        return "sections_open in the child is not the forking thread's own open sections";
+    case FC_COUNTS:
+        return "the forking thread's slot does not count exactly its own sections";
     case FC_NOT_BUSY:
         return "the forking thread's own open section did not hold off a grace period";
-    case FC_PHANTOM_RC: return "leaving a section of a thread not in the child did not return 0";
+    case FC_PHANTOM_RC:
+        return "leaving a section of a thread not in the child did not return 0";
     case FC_PHANTOM_CHANGED:
         return "leaving a section of a thread not in the child changed a count";
-    case FC_OWN_RC: return "leaving the forking thread's own section did not return 0";
-    case FC_STILL_OPEN: return "sections still counted after the child left its own";
-    case FC_SYNC: return "a grace period failed in the child";
+    case FC_OWN_RC:
+        return "leaving the forking thread's own section did not return 0";
+    case FC_STILL_OPEN:
+        return "sections still counted after the child left its own";
+    case FC_SYNC:
+        return "a grace period failed in the child";
     case FC_SYNC_TIMEDOUT:
         return "a grace period timed out in the child (a phantom reader, or the writer mutex "
                "held at the fork)";
-    case FC_SLOW: return "the child's grace periods took more than 1 s";
-    case FC_SERIAL: return "the forking thread's serial changed in the child";
-    default: return "unexpected exit status";
+    case FC_SLOW:
+        return "the child's grace periods took more than 1 s";
+    case FC_SERIAL:
+        return "the forking thread's serial changed in the child";
+    default:
+        return "unexpected exit status";
     }
 }
 
@@ -1787,8 +1801,8 @@ static void *auditor_main(void *arg)
                 aiorcu_slot_counts(g_d, (int)i, got);
                 for (int k = 0; k < AIORCU_NCOUNTS; k++)
                     if (got[k] > COUNT_BOUND)
-                        invariant_fail("slot %" PRIu64 " count[%d] = %" PRIu64
-                                       ": went below zero", i, k, got[k]);
+                        invariant_fail("slot %" PRIu64 " count[%d] = %" PRIu64 ": went below zero",
+                                       i, k, got[k]);
             }
             c->sweeps++;
         }
@@ -1802,23 +1816,23 @@ static void *auditor_main(void *arg)
 
 static int st_failures;
 
-#define EXPECT(cond, ...)                                                                     \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            fprintf(stderr, "stress: self-test failed (%s:%d): ", __FILE__, __LINE__);        \
-            fprintf(stderr, __VA_ARGS__);                                                     \
-            fputc('\n', stderr);                                                              \
-            st_failures++;                                                                    \
-        }                                                                                     \
+#define EXPECT(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "stress: self-test failed (%s:%d): ", __FILE__, __LINE__);             \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            st_failures++;                                                                         \
+        }                                                                                          \
     } while (0)
 
 /* After a failed block the domain's state is suspect (a count below zero
  * holds every later grace period): stop there.  main() then exits at once,
  * leaving helpers and the domain behind. */
-#define BAIL_IF_FAILED()                                                                      \
-    do {                                                                                      \
-        if (st_failures)                                                                      \
-            return;                                                                           \
+#define BAIL_IF_FAILED()                                                                           \
+    do {                                                                                           \
+        if (st_failures)                                                                           \
+            return;                                                                                \
     } while (0)
 
 /* Waits (bounded) for an int flag set with a release store. */
@@ -1882,10 +1896,10 @@ static int try_sync(struct aiorcu_domain *d)
  * about to leave), `done` when it left.  With `linger`, HOLD and FOREIGN
  * then wait for `go` before they release their slot: a slot release wakes
  * writers too, which would hide a leave that failed to. */
-#define H_HOLD 0
+#define H_HOLD    0
 #define H_FOREIGN 1
-#define H_DIE 2
-#define H_PARK 3
+#define H_DIE     2
+#define H_PARK    3
 
 struct helper {
     pthread_t tid;
@@ -2007,8 +2021,7 @@ static void selftest_faults(struct aiorcu_domain *d, struct stall_ctx *sc)
                "%s: %" PRIu64 " fallbacks", cases[i].what,
                b.barrier_fallbacks - a.barrier_fallbacks);
         EXPECT(expect_ok ? b.completed > a.completed : b.completed == a.completed,
-               "%s: completed %" PRIu64 " -> %" PRIu64, cases[i].what, a.completed,
-               b.completed);
+               "%s: completed %" PRIu64 " -> %" PRIu64, cases[i].what, a.completed, b.completed);
     }
     rc = aiorcu_synchronize(d, aiorcu_snapshot(d), -1, 0, -1, stall_cb, sc);
     EXPECT(rc == AIORCU_OK, "after fault injection: rc %d", rc);
@@ -2088,7 +2101,8 @@ static void selftest_death(struct aiorcu_domain *d, struct aiorcu_reader *r0)
     expect[AIORCU_COUNT(TASK, h.s2.phase)]++;
     EXPECT(owner == h.serial && memcmp(got, expect, sizeof got) == 0,
            "dead thread's slot: owner %" PRIu64 " counts %" PRIu64 " %" PRIu64 " %" PRIu64
-           " %" PRIu64, owner, got[0], got[1], got[2], got[3]);
+           " %" PRIu64,
+           owner, got[0], got[1], got[2], got[3]);
     aiorcu_domain_stats(d, &a);
     EXPECT(aiorcu_slot_release(d, h.slot, not_a_serial(h.serial)) == AIORCU_NOT_OWNER,
            "release by a thread that is not the owner");
@@ -2098,8 +2112,8 @@ static void selftest_death(struct aiorcu_domain *d, struct aiorcu_reader *r0)
     EXPECT(b.dead_readers_released == a.dead_readers_released + 1 &&
                b.slots_live == a.slots_live - 1 && b.sections_open == 0,
            "after the release: dead_readers_released +%" PRIu64 ", slots_live %" PRIu64
-           ", sections_open %" PRIu64, b.dead_readers_released - a.dead_readers_released,
-           b.slots_live, b.sections_open);
+           ", sections_open %" PRIu64,
+           b.dead_readers_released - a.dead_readers_released, b.slots_live, b.sections_open);
     EXPECT(aiorcu_slot_owner_dead(d, h.slot) == 0, "a free slot: owner reported dead");
     EXPECT(try_sync(d) == AIORCU_OK, "released slot still holds grace periods");
 
@@ -2118,8 +2132,8 @@ static void selftest_death(struct aiorcu_domain *d, struct aiorcu_reader *r0)
     owner = aiorcu_slot_counts(d, rn.slot, got);
     EXPECT(owner == aiorcu_thread_serial() && memcmp(got, expect, sizeof got) == 0,
            "late leaves changed the new owner's counts: %" PRIu64 " %" PRIu64 " %" PRIu64
-           " %" PRIu64 " (want %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 ")", got[0], got[1],
-           got[2], got[3], expect[0], expect[1], expect[2], expect[3]);
+           " %" PRIu64 " (want %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 ")",
+           got[0], got[1], got[2], got[3], expect[0], expect[1], expect[2], expect[3]);
     EXPECT(try_sync(d) == AIORCU_BUSY, "the new owner's sections do not hold a grace period");
     EXPECT(aiorcu_section_leave(&rn, &n1) == 0 && aiorcu_section_leave(&rn, &n2) == 0,
            "leaving the new owner's sections");
@@ -2178,8 +2192,7 @@ static void selftest_fork(struct aiorcu_domain *d, struct aiorcu_reader *r0)
         if (pid < 0)
             die("fork failed: %s", strerror(errno));
         if (pid == 0)
-            _exit(fork_child(d, r0, aiorcu_thread_serial(), own, nown,
-                             i % 2 ? &phantom : NULL));
+            _exit(fork_child(d, r0, aiorcu_thread_serial(), own, nown, i % 2 ? &phantom : NULL));
         for (unsigned k = 0; k < nown; k++)
             EXPECT(aiorcu_section_leave(r0, &own[k]) == 0, "parent: leaving its own section");
         if (!reap_child(pid, "self-test fork", &c)) {
@@ -2229,7 +2242,8 @@ static void selftest(void)
     EXPECT(aiorcu_completed(d) >= t, "token %" PRIu64 " not completed", t);
     EXPECT(b.grace_periods == 1 && b.barriers_elided == 2 && b.membarrier_calls == 0,
            "lone synchronize: %" PRIu64 " grace periods, %" PRIu64 " elided, %" PRIu64
-           " membarriers", b.grace_periods, b.barriers_elided, b.membarrier_calls);
+           " membarriers",
+           b.grace_periods, b.barriers_elided, b.membarrier_calls);
 
     /* A completed token is shared: no new grace period. */
     rc = aiorcu_synchronize(d, t, -1, 0, -1, stall_cb, &sc);
@@ -2270,7 +2284,8 @@ static void selftest(void)
     expect[AIORCU_COUNT(TASK, s2.phase)]++;
     EXPECT(aiorcu_slot_counts(d, r0.slot, got) == me && memcmp(got, expect, sizeof got) == 0,
            "counts %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " after a thread and a task "
-           "section", got[0], got[1], got[2], got[3]);
+           "section",
+           got[0], got[1], got[2], got[3]);
     EXPECT(sections_open(d) == 2, "sections_open %" PRIu64 ", 2 open", sections_open(d));
     EXPECT(aiorcu_section_leave(&r0, &s) == 0, "leaving the first section first");
     EXPECT(aiorcu_section_leave(&r0, &s) == -1, "second leave of a section");
@@ -2330,7 +2345,8 @@ static void selftest(void)
     EXPECT(aiorcu_section_leave(&r0, &s) == 0, "leaving a section of a released slot");
     EXPECT(aiorcu_slot_counts(d, r0.slot, got) == me && memcmp(got, expect, sizeof got) == 0,
            "leaving a section of the slot's previous generation changed its counts: %" PRIu64
-           " %" PRIu64 " %" PRIu64 " %" PRIu64, got[0], got[1], got[2], got[3]);
+           " %" PRIu64 " %" PRIu64 " %" PRIu64,
+           got[0], got[1], got[2], got[3]);
     EXPECT(try_sync(d) == AIORCU_BUSY, "a task section does not hold a grace period");
     EXPECT(aiorcu_section_leave(&r0, &s2) == 0, "leaving the task section");
     EXPECT(try_sync(d) == AIORCU_OK, "nothing open, yet BUSY");
@@ -2382,13 +2398,12 @@ static void selftest(void)
         EXPECT(waker->rc == 0, "%s: leave returned %d", what, waker->rc);
         EXPECT(b.backstop_timeouts == a.backstop_timeouts, "%s: lost wake-up", what);
         EXPECT(b.wakeups > a.wakeups, "%s: no wake-up", what);
-        fprintf(stderr, "stress: self-test %s: futex_sleeps +%" PRIu64 ", wakeups +%" PRIu64
-                "\n", what, b.futex_sleeps - a.futex_sleeps, b.wakeups - a.wakeups);
+        fprintf(stderr, "stress: self-test %s: futex_sleeps +%" PRIu64 ", wakeups +%" PRIu64 "\n",
+                what, b.futex_sleeps - a.futex_sleeps, b.wakeups - a.wakeups);
         if (foreign) {
             raise_flag(&owner_h.go);
             pthread_join(owner_h.tid, NULL);
-            EXPECT(owner_h.rc == -1, "owner's leave after a foreign leave returned %d",
-                   owner_h.rc);
+            EXPECT(owner_h.rc == -1, "owner's leave after a foreign leave returned %d", owner_h.rc);
         }
         BAIL_IF_FAILED();
     }
@@ -2404,8 +2419,7 @@ static void selftest(void)
     pthread_join(h.tid, NULL);
     aiorcu_domain_stats(d, &b);
     EXPECT(rc == AIORCU_OK, "poll wait: rc %d", rc);
-    EXPECT(b.futex_sleeps == a.futex_sleeps && b.wakeups == a.wakeups,
-           "poll wait used the futex");
+    EXPECT(b.futex_sleeps == a.futex_sleeps && b.wakeups == a.wakeups, "poll wait used the futex");
     aiorcu_domain_set_wait_mode(d, AIORCU_WAIT_FUTEX);
 
     /* Polled tokens. */
@@ -2436,8 +2450,7 @@ static void selftest(void)
     }
     aiorcu_domain_stats(d, &a);
     EXPECT(a.slots_live == N && a.slots_capacity == 3 * AIORCU_CHUNK_SLOTS,
-           "%d readers: %" PRIu64 " live, capacity %" PRIu64, N, a.slots_live,
-           a.slots_capacity);
+           "%d readers: %" PRIu64 " live, capacity %" PRIu64, N, a.slots_live, a.slots_capacity);
     for (int i = 0; i < N; i++)
         aiorcu_reader_fini(&many[i]);
     aiorcu_domain_stats(d, &a);
@@ -2504,15 +2517,14 @@ static void *watchdog_main(void *arg)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: stress [--seconds S] [--mode auto|fence|membarrier] [--busted]\n"
-            "              [--retire free|keep] [--readers N] [--churners N] [--hogs N]\n"
-            "              [--growers N] [--writers 1|2] [--leavers N] [--forkers N]\n"
-            "              [--seed N] [--no-selftest] [--racy-control]\n"
-            "--mode auto follows AIORCU_MEMBARRIER like the Python package (off/0/no/\n"
-            "false/fence: fence mode).  --busted passes AIORCU_SYNC_BUSTED: violations\n"
-            "must be seen (exit 3).  --retire free|keep: free retired objects (default\n"
-            "unless --busted or built with -fsanitize=thread) or keep them poisoned.\n");
+    fprintf(f, "usage: stress [--seconds S] [--mode auto|fence|membarrier] [--busted]\n"
+               "              [--retire free|keep] [--readers N] [--churners N] [--hogs N]\n"
+               "              [--growers N] [--writers 1|2] [--leavers N] [--forkers N]\n"
+               "              [--seed N] [--no-selftest] [--racy-control]\n"
+               "--mode auto follows AIORCU_MEMBARRIER like the Python package (off/0/no/\n"
+               "false/fence: fence mode).  --busted passes AIORCU_SYNC_BUSTED: violations\n"
+               "must be seen (exit 3).  --retire free|keep: free retired objects (default\n"
+               "unless --busted or built with -fsanitize=thread) or keep them poisoned.\n");
 }
 
 static long parse_long(const char *s, long lo, long hi)
@@ -2646,8 +2658,7 @@ int main(int argc, char **argv)
         return EXIT_SKIP;
     }
     const char *mech_name = g_mech == AIORCU_MECH_MEMBARRIER ? "membarrier" : "fence";
-    printf("stress: backend=%s%s%s%s busted=%d retire=%s seconds=%.2f seed=%" PRIu64
-           " tsan=%d\n",
+    printf("stress: backend=%s%s%s%s busted=%d retire=%s seconds=%.2f seed=%" PRIu64 " tsan=%d\n",
            mech_name, reason ? " (" : "", reason ? reason : "", reason ? ")" : "", opt.busted,
            retire_frees() ? "free" : "keep", opt.seconds, opt.seed, STRESS_TSAN);
 
@@ -2659,8 +2670,7 @@ int main(int argc, char **argv)
     double t0 = now_s();
     if (opt.selftest) {
         selftest();
-        printf("stress: self-tests %s (%.2f s)\n", st_failures ? "FAILED" : "passed",
-               now_s() - t0);
+        printf("stress: self-tests %s (%.2f s)\n", st_failures ? "FAILED" : "passed", now_s() - t0);
         if (st_failures) {
             /* Helpers and the self-test domain are left as they are. */
             fflush(NULL);
@@ -2674,8 +2684,8 @@ int main(int argc, char **argv)
     aiorcu_domain_set_stall(g_d, 1000000, 8000000);
     atomic_store(&g_current, obj_new());
 
-    int nthreads = opt.readers + opt.churners + opt.hogs + opt.growers + opt.writers +
-                   opt.forkers + 1 + opt.leavers;
+    int nthreads = opt.readers + opt.churners + opt.hogs + opt.growers + opt.writers + opt.forkers +
+                   1 + opt.leavers;
     struct worker *ws = calloc((size_t)nthreads, sizeof *ws);
     if (!ws)
         die("out of memory");
@@ -2765,9 +2775,8 @@ int main(int argc, char **argv)
            " sections_dropped=%" PRIu64 " hog_rounds=%" PRIu64 " hog_peak=%" PRIu64
            " grow_rounds=%" PRIu64 "\n",
            total.registrations, total.reregistrations, total.rereg_deferred, total.spawns,
-           total.dead_owner_releases, total.alive_proofs, total.death_proofs,
-           total.released_open, total.sections_dropped, total.hog_rounds, total.peak_slots,
-           total.grow_rounds);
+           total.dead_owner_releases, total.alive_proofs, total.death_proofs, total.released_open,
+           total.sections_dropped, total.hog_rounds, total.peak_slots, total.grow_rounds);
     printf("stress: fork: forks=%" PRIu64 " own_sections=%" PRIu64 " phantoms=%" PRIu64
            " fork_call_max_ms=%.1f child_max_ms=%.1f\n",
            total.forks, total.fork_own_sections, total.fork_phantoms,
@@ -2777,18 +2786,17 @@ int main(int argc, char **argv)
            " rc_ebarrier=%" PRIu64 " stalls=%" PRIu64 " stall_slots=%" PRIu64
            " faults_injected=%" PRIu64 " wait_mode_switches=%" PRIu64 " jitter_switches=%" PRIu64
            " graveyard=%" PRIu64 "\n",
-           total.updates, total.retired, total.gps_waited, total.gps_polled,
-           total.rc[AIORCU_OK], total.rc[AIORCU_TIMEDOUT], total.rc[AIORCU_BUSY],
-           total.rc[AIORCU_EBARRIER], total.stalls, total.stall_slots, total.faults_injected,
-           total.mode_switches, total.jitter_switches, graveyard);
+           total.updates, total.retired, total.gps_waited, total.gps_polled, total.rc[AIORCU_OK],
+           total.rc[AIORCU_TIMEDOUT], total.rc[AIORCU_BUSY], total.rc[AIORCU_EBARRIER],
+           total.stalls, total.stall_slots, total.faults_injected, total.mode_switches,
+           total.jitter_switches, graveyard);
     printf("stress: audit: samples=%" PRIu64 " slot_sweeps=%" PRIu64 " max_gp_gap_ms=%.1f\n",
            total.audits, total.sweeps, total.gp_gap_max_us / 1000.0);
     printf("stress: core: started=%" PRIu64 " completed=%" PRIu64 " grace_periods=%" PRIu64
-           " membarrier_calls=%" PRIu64 " barriers_elided=%" PRIu64
-           " barrier_fallbacks=%" PRIu64 " futex_sleeps=%" PRIu64 " wakeups=%" PRIu64
-           " backstop_timeouts=%" PRIu64 " timeouts=%" PRIu64 " slots_live=%" PRIu64
-           " slots_capacity=%" PRIu64 " dead_readers_released=%" PRIu64
-           " sections_open=%" PRIu64 "\n",
+           " membarrier_calls=%" PRIu64 " barriers_elided=%" PRIu64 " barrier_fallbacks=%" PRIu64
+           " futex_sleeps=%" PRIu64 " wakeups=%" PRIu64 " backstop_timeouts=%" PRIu64
+           " timeouts=%" PRIu64 " slots_live=%" PRIu64 " slots_capacity=%" PRIu64
+           " dead_readers_released=%" PRIu64 " sections_open=%" PRIu64 "\n",
            s.started, s.completed, s.grace_periods, s.membarrier_calls, s.barriers_elided,
            s.barrier_fallbacks, s.futex_sleeps, s.wakeups, s.backstop_timeouts, s.timeouts,
            s.slots_live, s.slots_capacity, s.dead_readers_released, s.sections_open);
@@ -2796,7 +2804,8 @@ int main(int argc, char **argv)
     /* Invariants of the core's bookkeeping, whatever the mode. */
     if (s.slots_live != 0 || s.sections_open != 0)
         invariant_fail("%" PRIu64 " slots live, %" PRIu64 " sections open after every thread "
-                       "released its own", s.slots_live, s.sections_open);
+                       "released its own",
+                       s.slots_live, s.sections_open);
     if (s.timeouts != total.rc[AIORCU_TIMEDOUT])
         invariant_fail("stats count %" PRIu64 " timeouts, callers saw %" PRIu64, s.timeouts,
                        total.rc[AIORCU_TIMEDOUT]);
@@ -2813,8 +2822,8 @@ int main(int argc, char **argv)
                        s.slots_capacity);
     if (s.dead_readers_released != total.released_open)
         invariant_fail("dead_readers_released = %" PRIu64 ", but %" PRIu64
-                       " slot releases dropped open sections", s.dead_readers_released,
-                       total.released_open);
+                       " slot releases dropped open sections",
+                       s.dead_readers_released, total.released_open);
     if (total.updates != total.retired)
         invariant_fail("%" PRIu64 " updates but %" PRIu64 " objects retired", total.updates,
                        total.retired);
