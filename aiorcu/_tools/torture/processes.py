@@ -12,7 +12,7 @@ Each victim is stopped first (SIGSTOP) so the parent can see what it was
 doing: sections open (its rows' gauges) or a grace-period wait in
 progress.  A child killed inside a section holds its readers' slots until
 a writer proves its death and releases them: the parent times that, from
-its death (its exit status collected) until ``dead_readers_released``
+its death (the moment it is a zombie) until ``dead_readers_released``
 grows.
 
 The run fails on any reader error; on any writer sleep ended by its 50 ms
@@ -40,6 +40,7 @@ import random
 import secrets
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from multiprocessing import shared_memory
@@ -84,12 +85,14 @@ class Kills:
         self.backstops_seen = 0
         self.backstops_during_kills = 0
         self.window_end = 0.0
+        self._lock = threading.Lock()
 
     def note_backstops(self, backstops: int, now: float) -> None:
         """Samples the domain's backstop count; new ones inside a kill's window are its."""
-        if backstops > self.backstops_seen and now <= self.window_end:
-            self.backstops_during_kills += backstops - self.backstops_seen
-        self.backstops_seen = backstops
+        with self._lock:  # the parent's loop and its sampler thread
+            if backstops > self.backstops_seen and now <= self.window_end:
+                self.backstops_during_kills += backstops - self.backstops_seen
+            self.backstops_seen = max(self.backstops_seen, backstops)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +118,7 @@ class Fleet:
         self.context = context
         self.rng = random.Random(seed)
         self.procs: dict[int, BaseProcess] = {}
+        self.killed: list[BaseProcess] = []  # dead, not necessarily joined yet
         self.starts = 0
 
     def role(self, slot: int) -> str:
@@ -170,8 +174,15 @@ class Fleet:
         else:
             kills.unconfirmed += 1
         released = domain.stats().dead_readers_released  # the stopped child cannot be reaped
+        identity = started(pid)
         proc.kill()
-        proc.join()
+        # Dead once the kernel made it a zombie: the forkserver, which reaps
+        # it and only then lets join() return, can lag by seconds on a busy
+        # machine, and the release is timed from the death.
+        deadline = time.monotonic() + HANG_S
+        while started(pid) == identity and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        self.killed.append(proc)
         kills.window_end = time.monotonic() + 2 * BACKSTOP_NS / 1e9
         if slot < self.layout.readers:
             kills.readers += 1
@@ -199,7 +210,7 @@ class Fleet:
         for proc in self.procs.values():
             if proc.exitcode is None:
                 proc.kill()
-        for proc in self.procs.values():
+        for proc in [*self.procs.values(), *self.killed]:
             proc.join()
 
 
@@ -304,21 +315,26 @@ class ProcessRun:
         return True
 
     def watch(self, fleet: Fleet) -> None:
-        """The parent's loop until the time is up or an error shows."""
+        """The parent's loop until the time is up or an error shows.
+
+        A sampler thread times grace periods and releases meanwhile: this
+        loop blocks in kills and in starts, which wait for the forkserver.
+        """
         args, board, kills = self.args, self.board, self.kills
         watch = Watch(self.domain)
+        done = threading.Event()
+        sampler = threading.Thread(
+            target=self._sample, args=(watch, done), name="torture-sampler", daemon=True
+        )
         progress = _progress(args)
         self.started = time.monotonic()
         board.go()
+        sampler.start()
         next_kill = self.started + fleet.rng.uniform(*KILL_EVERY_S)
         next_report = self.started
         try:
             while True:
                 now = time.monotonic()
-                if watch.sample() > STALL_S:
-                    self.failures.append(f"no grace period completed for {STALL_S:g} s")
-                self._check_release(now)
-                kills.note_backstops(self.domain.stats().backstop_timeouts, now)
                 self.failures.extend(fleet.crashed())
                 errors = board.total(Col.ERRORS)
                 elapsed = now - self.started
@@ -339,9 +355,21 @@ class ProcessRun:
                     next_kill = time.monotonic() + fleet.rng.uniform(*KILL_EVERY_S)
                 time.sleep(TICK_S)
         finally:
+            done.set()
+            sampler.join()
             if progress is not None:
                 progress.close()
         self.longest_gap = max(watch.longest_gap, watch.sample())
+
+    def _sample(self, watch: Watch, done: threading.Event) -> None:
+        """The sampler thread: grace-period gaps, the stall check, releases, backstops."""
+        while not done.wait(TICK_S):
+            now = time.monotonic()
+            if watch.sample() > STALL_S:
+                self.failures.append(f"no grace period completed for {STALL_S:g} s")
+                return
+            self._check_release(now)
+            self.kills.note_backstops(self.domain.stats().backstop_timeouts, now)
 
     def _check_release(self, now: float) -> None:
         """Times the release of the last child killed inside a section."""
