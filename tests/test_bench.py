@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -287,6 +290,55 @@ def test_shared_rows_clean_up_when_they_fail(
     with pytest.raises(RuntimeError, match="half way"):
         getattr(cases_shared, case)(TINY)
     assert not _leftovers()
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # exited; its new parent has not reaped it yet
+
+
+def test_sigterm_mid_step_stops_the_helpers_and_removes_the_names() -> None:
+    """``timeout`` or ``kill`` ends a run while its helpers are attached: nothing stays."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiorcu._tools.cli", "bench", "--quick", "--only", "with 1, 2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    prefix = f"aiorcu-bench-{proc.pid}-"
+    helpers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            named = any(n.startswith(prefix) for n in os.listdir("/dev/shm"))
+            helpers |= _children(proc.pid)
+            if named and len(helpers) >= 3:  # the domain exists, helpers are starting
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the step ended before it could be interrupted"
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(_gone(pid) for pid in helpers), helpers
 
 
 def test_a_member_that_cannot_attach_says_why() -> None:

@@ -157,12 +157,17 @@ class Members:
     def close(self) -> None:
         """Stops every member and waits for it; terminates, then kills, a stuck one.
 
+        A member never let attach is terminated at once: it has nothing to
+        leave, and one still starting would take seconds to notice.
+
         Messages still coming are read and dropped meanwhile: a reader
         stopped by an error elsewhere still sends its samples, and a member
         cannot exit before what it sent has left through the pipe.
         """
-        for stop in self._stop:
+        for proc, go, stop in zip(self._procs, self._go, self._stop, strict=True):
             stop.set()
+            if not go.is_set():
+                proc.terminate()  # never attached: nothing to leave, and it may still be starting
         deadline = time.monotonic() + JOIN_TIMEOUT
         while any(p.is_alive() for p in self._procs) and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 
 from ..cli import positive_int
 from ..console import Progress
@@ -105,6 +110,27 @@ def settings_for(args: argparse.Namespace) -> Settings:
     )
 
 
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """A SIGTERM (``timeout``, ``kill``) ends the run as Ctrl-C does: by an exception.
+
+    Each step's cleanup then runs: helper processes are stopped and joined,
+    shared names removed.  Python's default for SIGTERM is to die on the spot.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         problem = plots.matplotlib_missing()
@@ -118,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
         estimates += [quick if settings.quick else full for full, quick in PLOT_STEPS]
     results: list[Result] = []
     written: list[str] = []
-    with Progress("bench", len(estimates), estimates=estimates, stream=sys.stderr) as progress:
+    with (
+        sigterm_unwinds(),
+        Progress("bench", len(estimates), estimates=estimates, stream=sys.stderr) as progress,
+    ):
         for case in cases:
             progress.step(case.title)
             results.extend(case.run(settings))
