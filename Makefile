@@ -52,6 +52,7 @@ package-check: install
 compat:
 	bash tests/compat/run.sh
 
+# The two runs across processes (--processes) take about 20 s together here.
 torture: install
 	$(BIN)/aiorcu torture --seconds 10 --jitter
 	AIORCU_MEMBARRIER=off $(BIN)/aiorcu torture --seconds 5 --jitter
