@@ -35,16 +35,41 @@
  *  - no decrement finds its count at 0 (the counts are 64-bit and never
  *    wrap in the code; a decrement with no increment to match is a bug).
  *
+ * Across processes (csrc/shared.c, a shared domain): -DPROC_DEATH lets the
+ * reader's process die at any point; its counts stay until a writer, waiting
+ * for a phase they hold, proves the death (the lifeline's robust mutex comes
+ * back owner-dead) and releases the slot (reap_locked, drop_process,
+ * drop_owner), which a thread of another process may then claim.
+ * -DWRITER_DEATH lets the writer die at any point of a grace period but the
+ * last (in either wait, with the flip still in its store buffer, inside a
+ * reap); the next one finds the writer mutex owner-dead (writer_locked) and
+ * runs its own grace period.  -DREAP_DEATH: the writer dies only inside a
+ * reap (the combined runs with PROC_DEATH stay small).
+ *
  * Variants (-D): BUSTED, BUSTED_CLOSED, NO_M1, NO_M3, NO_FLIP_FENCES,
  * TIMEOUT, UNFLIP_ON_TIMEOUT, FENCE_MODE, NO_F1, NO_F2, TSO, NGP=n, NSEC=3,
  * NO_FOREIGN, NO_SLOT_RELEASE, BUSTED_GEN, NO_WRAP_CHECK, FOREIGN_NO_F2,
- * and the reachability probes PROBE_OVERLAP, PROBE_STRAGGLER, PROBE_LATE,
- * PROBE_LEFTOVER, PROBE_FOREIGN, PROBE_STALE.  check.sh runs them and says
+ * PROC_DEATH, SIBLING_RUNS, JOIN_RACE, BUSTED_REAP, WRITER_DEATH, REAP_DEATH, REAP_HOLD,
+ * BUSTED_RECOVERY, BUSTED_RECOVER_CLOSED, BUSTED_RECOVER_NO_STRAGGLER, and the reachability probes
+ * PROBE_OVERLAP, PROBE_STRAGGLER, PROBE_LATE, PROBE_LEFTOVER, PROBE_FOREIGN,
+ * PROBE_STALE, PROBE_RECLAIM, PROBE_RECOVERY.  check.sh runs them and says
  * what each must give.
  */
 
+#ifdef REAP_DEATH
+#define WRITER_DEATH            /* the recovery, ... */
+#define DEATH_IN_REAP_ONLY      /* ... but the writer dies only inside a reap */
+#endif
+/* The writer may leave a grace period in the middle of a wait. */
+#if defined(TIMEOUT) || (defined(WRITER_DEATH) && !defined(DEATH_IN_REAP_ONLY))
+#define GIVES_UP
+#endif
+
 #ifndef NGP
 #define NGP 2                   /* grace periods the writer runs */
+#endif
+#ifdef PROC_DEATH
+#define NO_FOREIGN              /* the reader's process: one thread, no foreign release */
 #endif
 #ifndef NSEC
 #define NSEC 2                  /* sections of the reader thread: 2 or 3 */
@@ -102,14 +127,62 @@ bit handed;                     /* section 0 left the reader thread */
 bit ft_l2;                      /* ... before its L2: the foreign thread does L2 */
 bit exited;                     /* the slot was released and claimed again */
 
+#ifdef PROC_DEATH
+/* The reader's process P (one reader thread, T) and its slot in the
+ * segment; the slot's next owner N is a thread of another process, which
+ * never dies.  The `reader` process plays T, and N once N claimed the slot. */
+#define LIFE_HELD 0             /* P's lifeline holds its entry's robust mutex */
+#define LIFE_DEAD 1             /* ... the kernel marked it owner-dead */
+#define LIFE_FREE 2             /* ... made consistent and unlocked by a reaper */
+#define P_FREE 0                /* P's entry (seg_proc.state) */
+#define P_LIVE 1
+#define P_JOINING 2
+bit rd_killed;                  /* P got a fatal signal */
+bit rd_stopped;                 /* T runs no more code */
+byte life;                      /* seg_proc.life, as a trylock would find it */
+#ifdef JOIN_RACE
+byte pstate = P_JOINING;
+#else
+byte pstate = P_LIVE;
+#endif
+bit in_use = 1;                 /* slot->in_use */
+bit claimed;                    /* N claimed the slot (aiorcu_slot_alloc) */
+bit sown[NSEC];                 /* the section was entered by N */
+byte reaped_in;                 /* ghost: the grace period whose wait released the slot */
+#endif
+
 /* Ghost state of the writer. */
 byte gp_started;                /* `started` */
 byte gp_completed;              /* `completed` */
+#ifdef WRITER_DEATH
+bit wr_dead;                    /* the writer died holding the writer mutex */
+byte recoveries;                /* writer_recoveries */
+#endif
 bit freed_done[NGP + 1];        /* versions the writer has already freed */
 
 byte sc_i;                      /* scratch for loops inside d_step */
 byte sc_j;
 byte ca;                        /* scratch: the count a decrement hits */
+
+#ifdef PROC_DEATH
+/* A section of T once T stopped: it performs nothing more. */
+#define GONE(s) (!sown[s] && rd_stopped && pc[s] != PC_IDLE)
+/* Who enters an idle section: T while P has not been killed and the slot is
+ * still its own; N once it claimed the slot. */
+#define ENTERS (claimed || (!rd_killed && in_use))
+/* Program steps of an entered section: N's always, T's until T stops. */
+#define RUNS(s) (sown[s] || !rd_stopped)
+#define LOADS(s) (pc[s] == PC_IDLE -> ENTERS : RUNS(s))
+/* The safety checks are about live readers: not T once P was killed (T may
+ * still run a little under -DSIBLING_RUNS; it dies before it returns). */
+#define ALIVE(s) (sown[s] || !rd_killed || pc[s] == PC_IDLE)
+#else
+#define GONE(s) 0
+#define ENTERS 1
+#define RUNS(s) 1
+#define LOADS(s) 1
+#define ALIVE(s) 1
+#endif
 
 /* ---- counts ---------------------------------------------------------------- */
 
@@ -118,7 +191,13 @@ inline count_dec(a)
 {
     ca = a;
 #ifndef NO_WRAP_CHECK
+#ifdef PROC_DEATH
+    /* In a free slot a wrapped count is harmless: scans skip the slot and
+     * aiorcu_slot_alloc zeroes the counts. */
+    assert(mem[ca] > 0 || !in_use);     /* count underflow (64-bit counts never wrap) */
+#else
     assert(mem[ca] > 0);                /* count underflow (64-bit counts never wrap) */
+#endif
 #endif
     mem[ca] = (mem[ca] + DEC) % 256;
     ca = 0
@@ -229,7 +308,11 @@ inline perform_l2(s)
     assert(!(pc[s] == PC_OUT && mem[COUNT_OF(s)] == 0));
 #endif
     printf("MSC: L2 of section %d performed (version %d)\n", s, l1[s] - 1);
+#ifdef PROC_DEATH
+    assert(mem[A_FREED + l1[s] - 1] == 0 || !ALIVE(s));        /* use after free */
+#else
     assert(mem[A_FREED + l1[s] - 1] == 0);      /* use after free */
+#endif
     l2[s] = 1
 }
 
@@ -242,12 +325,15 @@ inline reader_loads(drop, all)
 {
     for (sc_j : 0 .. NSEC - 1) {
         if
-        :: pc[sc_j] < PC_L1 ->
+#ifdef PROC_DEATH
+        :: GONE(sc_j) -> skip                   /* T stopped: nothing of it runs */
+#endif
+        :: !GONE(sc_j) && pc[sc_j] < PC_L1 ->
             if
             :: drop -> l1[sc_j] = 0; l2[sc_j] = 0      /* early values dropped */
             :: else -> skip
             fi
-        :: else ->
+        :: !GONE(sc_j) && pc[sc_j] >= PC_L1 ->
             if
             :: l1[sc_j] == 0 ->
                 l1[sc_j] = mem[A_GPTR] + 1;
@@ -310,6 +396,9 @@ inline enter_load(s)
     :: kind[s] = KIND_TASK
     fi;
     sb_load(RD, A_PHASE, ph[s]);
+#ifdef PROC_DEATH
+    sown[s] = claimed;
+#endif
     printf("MSC: section %d (kind %d: 0 with, 1 async with) loads phase %d\n", s, kind[s], ph[s]);
     pc[s] = PC_LOADED;
     in_enter = 1
@@ -322,6 +411,11 @@ inline enter_count(s)
     printf("MSC: section %d increments count %d\n", s, COUNT_OF(s) - A_COUNT);
     reader_rmw(COUNT_OF(s), INC);
     sgen[s] = gen[kind[s]];
+#ifdef PROBE_RECLAIM
+    /* reachable: N counts in the slot while the grace period whose wait
+     * released it from the dead T is still running */
+    assert(!(sown[s] && reaped_in == gp_started && gp_completed < gp_started));
+#endif
 #if defined(FENCE_MODE) && !defined(NO_F1)
     reader_barrier(0);                          /* F1 */
 #endif
@@ -408,6 +502,127 @@ inline slot_release()
     exited = 1
 }
 
+#ifdef PROC_DEATH
+/* ---- the reader's process dies; its slot is released and claimed ------- */
+
+/* T stops: the kernel took it off its CPU for good (SIGKILL, exec).  Its
+ * stores already issued still reach memory (the `memory` process drains
+ * them); its open sections never perform another load. */
+inline stop_thread()
+{
+    printf("MSC: the reader thread T stops for good\n");
+    if
+    :: (pc[0] == PC_LOADED && !sown[0]) || (pc[1] == PC_LOADED && !sown[1]) -> in_enter = 0
+    :: else -> skip
+    fi;
+    rd_stopped = 1
+}
+
+/* P gets a fatal signal.  By the code's argument the whole process is gone
+ * at once; -DSIBLING_RUNS lets T go on until a later step stops it. */
+inline kill()
+{
+    printf("MSC: the reader's process P is killed\n");
+    rd_killed = 1;
+#ifndef SIBLING_RUNS
+    stop_thread()
+#endif
+}
+
+/* drop_owner (domain.c), registry lock held: every count exchanged with 0,
+ * both generations bumped, the slot free.  In one step: the registry lock
+ * makes it one with respect to the claim and to every scan. */
+inline drop_owner()
+{
+    mem[A_COUNT + 0] = 0;
+    mem[A_COUNT + 1] = 0;
+    mem[A_COUNT + 2] = 0;
+    mem[A_COUNT + 3] = 0;
+    gen[KIND_THREAD]++;
+    gen[KIND_TASK]++;
+    in_use = 0;
+    reaped_in = k
+}
+
+/* aiorcu_slot_alloc by N, a thread of another process, under the registry
+ * lock: the counts stored 0, a new owner.  The lock is an acquire for N: no
+ * load of N's sections is performed before it (early values dropped). */
+inline claim()
+{
+    printf("MSC: a thread N of another process claims the free slot\n");
+    mem[A_COUNT + 0] = 0;
+    mem[A_COUNT + 1] = 0;
+    mem[A_COUNT + 2] = 0;
+    mem[A_COUNT + 3] = 0;
+    in_use = 1;
+    claimed = 1;
+    for (sc_j : 0 .. NSEC - 1) {
+        if
+        :: pc[sc_j] == PC_IDLE -> l1[sc_j] = 0; l2[sc_j] = 0
+        :: else -> skip
+        fi
+    }
+    sc_j = 0
+}
+
+/* The counts of phase p hold the slot in a scan: reap_locked's test. */
+#define HOLDS(p) (mem[A_COUNT + KIND_THREAD * 2 + (p)] != 0 || \
+                  mem[A_COUNT + KIND_TASK * 2 + (p)] != 0)
+#ifdef BUSTED_REAP
+#define PROVEN_DEAD 1                   /* a variant: a slow owner taken for a dead one */
+#else
+#define PROVEN_DEAD (life == LIFE_DEAD) /* proc_dead: trylock returns EOWNERDEAD */
+#endif
+/* reap_locked (shared.c) finds something to do for P's slot. */
+#define REAPABLE(p) (in_use && !claimed && HOLDS(p) && (pstate != P_LIVE || PROVEN_DEAD))
+/* scan_clear: a slot not in use is skipped. */
+#define SLOT_ZERO(kd, p) (!in_use || mem[A_COUNT + (kd) * 2 + (p)] == 0)
+
+/* aiorcu__reap_dead(d, p) from wait_phase, registry lock held throughout:
+ * reap_locked on P's slot.  Under -DWRITER_DEATH the writer may die after
+ * proc_dead left the lifeline mutex consistent and unlocked and before
+ * drop_process freed the entry (the registry lock it held comes back
+ * owner-dead and is made consistent: nothing else to model). */
+inline reap(p)
+{
+    if
+    :: pstate != P_LIVE ->
+        /* "Its process left or was reaped": released without proof */
+        printf("MSC: gp %d: reap: P's entry is not LIVE: drop_owner\n", k);
+        drop_owner()
+    :: else ->
+        printf("MSC: gp %d: reap: P's lifeline mutex is owner-dead: drop_process\n", k);
+        if
+        :: life == LIFE_DEAD ->
+#ifdef REAP_HOLD
+            skip                        /* a fix: held until drop_process is done */
+#else
+            life = LIFE_FREE            /* proc_dead: consistent, unlock */
+#endif
+        :: else -> skip                 /* BUSTED_REAP: trylock said EBUSY */
+        fi;
+        if
+#ifdef WRITER_DEATH
+        :: k < NGP ->
+            printf("MSC: gp %d: the writer dies inside the reap\n", k);
+#ifdef REAP_HOLD
+            life = LIFE_DEAD;           /* it held the mutex: owner-dead again */
+#endif
+            timed_out = 1;
+            wr_dead = 1
+#endif
+        :: true ->
+            drop_owner();               /* drop_process: every slot of P */
+            pstate = P_FREE;
+#ifdef REAP_HOLD
+            life = LIFE_FREE;           /* now unlocked */
+#endif
+            skip
+        fi
+    fi
+}
+#endif
+
 /* An early value is committed once no barrier of the reader's own program
  * can come between it and the load's place: always in membarrier mode (the
  * reader has no fences), from PC_IN on in fence mode (F1 is in the enter).
@@ -438,26 +653,29 @@ inline slot_release()
 active proctype reader()
 {
     byte s;
+#ifdef PROC_DEATH
+end_rd:                                 /* T dead, N with nothing to do: a valid end */
+#endif
     do
     /* Program steps.  An enter runs from its phase load to its increment
      * before anything else of this thread (enter is one synchronous call);
      * other threads and the memory system may act in between. */
-    :: atomic { !in_enter && pc[0] == PC_IDLE -> s = 0; enter_load(s); s = 0 }
-    :: atomic { !in_enter && pc[1] == PC_IDLE -> s = 1; enter_load(s); s = 0 }
-    :: d_step { pc[0] == PC_LOADED -> s = 0; enter_count(s); s = 0 }
-    :: d_step { pc[1] == PC_LOADED -> s = 1; enter_count(s); s = 0 }
-    :: d_step { !in_enter && pc[0] == PC_IN -> pass_l1(0) }
-    :: d_step { !in_enter && pc[1] == PC_IN -> pass_l1(1) }
-    :: d_step { !in_enter && !handed && pc[0] == PC_L1 -> pass_l2(0) }
-    :: d_step { !in_enter && pc[1] == PC_L1 -> pass_l2(1) }
-    :: d_step { !in_enter && !handed && pc[0] == PC_L2 -> s = 0; leave(s); s = 0 }
-    :: d_step { !in_enter && pc[1] == PC_L2 -> s = 1; leave(s); s = 0 }
+    :: atomic { !in_enter && pc[0] == PC_IDLE && ENTERS -> s = 0; enter_load(s); s = 0 }
+    :: atomic { !in_enter && pc[1] == PC_IDLE && ENTERS -> s = 1; enter_load(s); s = 0 }
+    :: d_step { pc[0] == PC_LOADED && RUNS(0) -> s = 0; enter_count(s); s = 0 }
+    :: d_step { pc[1] == PC_LOADED && RUNS(1) -> s = 1; enter_count(s); s = 0 }
+    :: d_step { !in_enter && pc[0] == PC_IN && RUNS(0) -> pass_l1(0) }
+    :: d_step { !in_enter && pc[1] == PC_IN && RUNS(1) -> pass_l1(1) }
+    :: d_step { !in_enter && !handed && pc[0] == PC_L1 && RUNS(0) -> pass_l2(0) }
+    :: d_step { !in_enter && pc[1] == PC_L1 && RUNS(1) -> pass_l2(1) }
+    :: d_step { !in_enter && !handed && pc[0] == PC_L2 && RUNS(0) -> s = 0; leave(s); s = 0 }
+    :: d_step { !in_enter && pc[1] == PC_L2 && RUNS(1) -> s = 1; leave(s); s = 0 }
 #if NSEC > 2
-    :: atomic { !in_enter && pc[2] == PC_IDLE -> s = 2; enter_load(s); s = 0 }
-    :: d_step { pc[2] == PC_LOADED -> s = 2; enter_count(s); s = 0 }
-    :: d_step { !in_enter && pc[2] == PC_IN -> pass_l1(2) }
-    :: d_step { !in_enter && pc[2] == PC_L1 -> pass_l2(2) }
-    :: d_step { !in_enter && pc[2] == PC_L2 -> s = 2; leave(s); s = 0 }
+    :: atomic { !in_enter && pc[2] == PC_IDLE && ENTERS -> s = 2; enter_load(s); s = 0 }
+    :: d_step { pc[2] == PC_LOADED && RUNS(2) -> s = 2; enter_count(s); s = 0 }
+    :: d_step { !in_enter && pc[2] == PC_IN && RUNS(2) -> pass_l1(2) }
+    :: d_step { !in_enter && pc[2] == PC_L1 && RUNS(2) -> pass_l2(2) }
+    :: d_step { !in_enter && pc[2] == PC_L2 && RUNS(2) -> s = 2; leave(s); s = 0 }
 #endif
 #ifndef NO_FOREIGN
     :: d_step { !in_enter && !handed && (pc[0] == PC_L1 || pc[0] == PC_L2) -> hand_over() }
@@ -471,16 +689,37 @@ active proctype reader()
      * time (a value taken before a barrier that precedes L1's place is
      * dropped by that barrier), L2 any time after L1 (address dependency),
      * both possibly after the section's decrement is visible. */
-    :: d_step { l1[0] == 0 -> l1[0] = mem[A_GPTR] + 1;
+    :: d_step { l1[0] == 0 && LOADS(0) -> l1[0] = mem[A_GPTR] + 1;
                 printf("MSC: reader performs L1 of section 0: version %d\n", l1[0] - 1) }
-    :: d_step { l1[1] == 0 -> l1[1] = mem[A_GPTR] + 1;
+    :: d_step { l1[1] == 0 && LOADS(1) -> l1[1] = mem[A_GPTR] + 1;
                 printf("MSC: reader performs L1 of section 1: version %d\n", l1[1] - 1) }
-    :: d_step { l1[0] != 0 && !l2[0] && !ft_l2 && COMMITTED(0) -> perform_l2(0) }
-    :: d_step { l1[1] != 0 && !l2[1] && COMMITTED(1) -> perform_l2(1) }
+    :: d_step { l1[0] != 0 && !l2[0] && !ft_l2 && COMMITTED(0) && LOADS(0) -> perform_l2(0) }
+    :: d_step { l1[1] != 0 && !l2[1] && COMMITTED(1) && LOADS(1) -> perform_l2(1) }
 #if NSEC > 2
-    :: d_step { l1[2] == 0 -> l1[2] = mem[A_GPTR] + 1;
+    :: d_step { l1[2] == 0 && LOADS(2) -> l1[2] = mem[A_GPTR] + 1;
                 printf("MSC: reader performs L1 of section 2: version %d\n", l1[2] - 1) }
-    :: d_step { l1[2] != 0 && !l2[2] && COMMITTED(2) -> perform_l2(2) }
+    :: d_step { l1[2] != 0 && !l2[2] && COMMITTED(2) && LOADS(2) -> perform_l2(2) }
+#endif
+#endif
+#ifdef PROC_DEATH
+    /* P dies: at once (the code's argument), or -DSIBLING_RUNS: T may go on
+     * for a while, and the lifeline's robust mutex may be marked owner-dead
+     * before T stops (each thread runs its own exit; see README). */
+    :: atomic { !rd_killed -> kill() }
+#ifdef SIBLING_RUNS
+    :: atomic { rd_killed && !rd_stopped -> stop_thread() }
+    :: atomic { rd_killed && life == LIFE_HELD ->
+        printf("MSC: P's lifeline exits: its mutex is owner-dead\n"); life = LIFE_DEAD }
+#else
+    :: atomic { rd_stopped && sb_len[RD] == 0 && life == LIFE_HELD ->
+        printf("MSC: P is gone: its lifeline mutex is owner-dead\n"); life = LIFE_DEAD }
+#endif
+    /* N claims the slot once a reaper freed it; it runs the sections that
+     * T never entered. */
+    :: atomic { !in_use && !claimed && (pc[0] == PC_IDLE || pc[1] == PC_IDLE) -> claim() }
+#ifdef JOIN_RACE
+    /* P's join completes: the lifeline holds the entry's mutex, state LIVE */
+    :: atomic { pstate == P_JOINING -> printf("MSC: P's entry becomes LIVE\n"); pstate = P_LIVE }
 #endif
 #endif
 #ifdef PROBE_OVERLAP
@@ -553,27 +792,107 @@ end:
  * THREAD+p == 0, a later load saw TASK+p == 0", which allows every
  * execution of the C loop and a few more (see README).  With TIMEOUT every
  * grace period but the last may give up at any point of a wait
- * (AIORCU_TIMEDOUT). */
+ * (AIORCU_TIMEDOUT); with WRITER_DEATH its writer may die there instead.
+ * With PROC_DEATH the writer may reap between its loads (the backstop's
+ * aiorcu__reap_dead), and a slot not in use counts as empty. */
+#ifdef BUSTED_RECOVER_CLOSED
+#define CAN_GIVE_UP (k < NGP && !recovering)
+#else
+#define CAN_GIVE_UP (k < NGP)
+#endif
+inline give_up()
+{
+#if defined(TIMEOUT) && defined(WRITER_DEATH) && !defined(DEATH_IN_REAP_ONLY)
+    if
+    :: wr_dead = 1
+    :: skip
+    fi;
+#elif defined(WRITER_DEATH) && !defined(DEATH_IN_REAP_ONLY)
+    wr_dead = 1;
+#endif
+    timed_out = 1
+}
+
+#ifdef PROC_DEATH
+inline wait_phase(p)
+{
+    do
+    :: SLOT_ZERO(KIND_THREAD, p) -> break
+    :: atomic { REAPABLE(p) -> reap(p) };
+        if
+        :: timed_out -> break           /* the writer died inside the reap */
+        :: else -> skip
+        fi
+#ifdef GIVES_UP
+    :: CAN_GIVE_UP -> give_up(); break
+#endif
+    od;
+    do
+    :: timed_out -> break
+    :: atomic { !timed_out && SLOT_ZERO(KIND_TASK, p) ->
+        printf("MSC: gp %d saw phase %d empty\n", k, p) }; break
+    :: atomic { !timed_out && REAPABLE(p) -> reap(p) }
+#ifdef GIVES_UP
+    :: !timed_out && CAN_GIVE_UP -> give_up(); break
+#endif
+    od;
+    if
+    :: timed_out -> printf("MSC: gp %d gives up waiting for phase %d\n", k, p)
+    :: else -> skip
+    fi
+}
+#else
 inline wait_phase(p)
 {
     if
     :: mem[A_COUNT + KIND_THREAD * 2 + (p)] == 0
-#ifdef TIMEOUT
-    :: k < NGP -> timed_out = 1
+#ifdef GIVES_UP
+    :: CAN_GIVE_UP -> give_up()
 #endif
     fi;
     if
     :: timed_out -> skip
     :: atomic { !timed_out && mem[A_COUNT + KIND_TASK * 2 + (p)] == 0 ->
         printf("MSC: gp %d saw phase %d empty\n", k, p) }
-#ifdef TIMEOUT
-    :: !timed_out && k < NGP -> timed_out = 1
+#ifdef GIVES_UP
+    :: !timed_out && CAN_GIVE_UP -> give_up()
 #endif
     fi;
     if
-    :: timed_out -> printf("MSC: gp %d times out waiting for phase %d\n", k, p)
+    :: timed_out -> printf("MSC: gp %d gives up waiting for phase %d\n", k, p)
     :: else -> skip
     fi
+}
+#endif
+
+/* completed = started (release), and the caller frees what the grace
+ * period covered: every version older than k (more than one after an
+ * abandoned grace period).  The safety check: every live section that read
+ * a version older than k has performed its last use of it. */
+inline complete_gp()
+{
+    d_step {
+        printf("MSC: gp %d completes\n", k);
+        gp_completed = k;
+        assert(!(ALIVE(0) && COMMITTED(0) && l1[0] != 0 && l1[0] - 1 < k && !l2[0]));  /* section 0 inside */
+        assert(!(ALIVE(1) && COMMITTED(1) && l1[1] != 0 && l1[1] - 1 < k && !l2[1]));  /* section 1 inside */
+#if NSEC > 2
+        assert(!(ALIVE(2) && COMMITTED(2) && l1[2] != 0 && l1[2] - 1 < k && !l2[2]));  /* section 2 inside */
+#endif
+        skip
+    }
+    for (v : 0 .. k - 1) {
+        if
+        :: !freed_done[v] ->
+            d_step {
+                printf("MSC: writer frees version %d (buffered)\n", v);
+                freed_done[v] = 1;
+                sb_store(WR, A_FREED + v, 1)
+            }
+        :: else -> skip
+        fi
+    }
+    v = 0
 }
 
 active proctype writer()
@@ -582,6 +901,12 @@ active proctype writer()
     byte cur;
     byte v;
     bit timed_out;
+#ifdef BUSTED_RECOVER_CLOSED
+    bit recovering;                     /* in the recovery's own wait */
+#endif
+#ifdef BUSTED_RECOVER_NO_STRAGGLER
+    bit recovered;                      /* this grace period follows a recovery */
+#endif
     do
     :: k > NGP -> break
     :: k <= NGP ->
@@ -606,7 +931,13 @@ active proctype writer()
         assert(!(l1[0] != 0 && l1[0] < k && !l2[0] && pc[0] >= PC_IN));
 #endif
         timed_out = 0;
-#ifndef BUSTED
+#if defined(BUSTED_RECOVER_NO_STRAGGLER)
+        if
+        :: recovered -> recovered = 0           /* a variant: "the mutex was owner-dead,
+                                                 * the straggler wait can be skipped" */
+        :: else -> wait_phase(1 - cur)
+        fi;
+#elif !defined(BUSTED)
         wait_phase(1 - cur);                    /* stragglers */
 #endif
         if
@@ -620,6 +951,15 @@ active proctype writer()
             printf("MSC: gp %d flips the phase to %d (buffered)\n", k, 1 - cur);
             sb_store(WR, A_PHASE, 1 - cur)      /* the flip */
         };
+#if defined(WRITER_DEATH) && !defined(DEATH_IN_REAP_ONLY)
+        if
+        :: k < NGP ->                           /* dies with the flip in its store buffer */
+            printf("MSC: gp %d: the writer dies right after its flip\n", k);
+            wr_dead = 1;
+            goto abandoned
+        :: true
+        fi;
+#endif
 #ifndef NO_FLIP_FENCES
         writer_fence();                         /* progress fence after the flip */
 #endif
@@ -643,33 +983,49 @@ active proctype writer()
 #ifndef NO_M3
         heavy_barrier(3);                       /* M3: pairs with F2 */
 #endif
-        /* completed = started (release): every section that read a version
-         * older than k has performed its last use of it. */
-        d_step {
-            printf("MSC: gp %d completes\n", k);
-            gp_completed = k;
-            assert(!(COMMITTED(0) && l1[0] != 0 && l1[0] - 1 < k && !l2[0]));  /* section 0 inside */
-            assert(!(COMMITTED(1) && l1[1] != 0 && l1[1] - 1 < k && !l2[1]));  /* section 1 inside */
-#if NSEC > 2
-            assert(!(COMMITTED(2) && l1[2] != 0 && l1[2] - 1 < k && !l2[2]));  /* section 2 inside */
+        complete_gp();                          /* completed = started, then free */
+abandoned:
+#ifdef WRITER_DEATH
+        if
+        :: wr_dead ->
+            /* The process died holding the writer mutex.  Its exit hands the
+             * mutex over owner-dead after every store it made (the kernel's
+             * robust-list walk, then the next writer's lock), and the next
+             * writer goes on: writer_locked() marks it consistent. */
+            sb_len[WR] == 0;
+            d_step {
+                printf("MSC: the next writer locks the writer mutex: EOWNERDEAD, consistent\n");
+                wr_dead = 0;
+                timed_out = 0;
+                recoveries++
+            };
+#ifdef BUSTED_RECOVER_NO_STRAGGLER
+            recovered = 1;
+#endif
+#ifdef PROBE_RECOVERY
+            /* reachable: the dead writer had flipped, and a reader of a
+             * version older than its grace period is still inside */
+            assert(!(mem[A_PHASE] != cur && ((l1[0] != 0 && l1[0] - 1 < k && !l2[0]) ||
+                                             (l1[1] != 0 && l1[1] - 1 < k && !l2[1]))));
+#endif
+#ifdef BUSTED_RECOVERY
+            /* a variant: the interrupted grace period is declared complete */
+            complete_gp();
+#endif
+#ifdef BUSTED_RECOVER_CLOSED
+            /* a variant: the recovery finishes the interrupted grace period
+             * as if its flip had happened: waits for the phase it closed */
+            recovering = 1;
+            d_step { sb_load(WR, A_PHASE, cur) };
+            wait_phase(1 - cur);
+            heavy_barrier(3);
+            complete_gp();
+            recovering = 0;
 #endif
             skip
-        }
-        /* The caller frees what the grace period covered: every version
-         * older than k (more than one after a timed-out grace period). */
-        for (v : 0 .. k - 1) {
-            if
-            :: !freed_done[v] ->
-                d_step {
-                    printf("MSC: writer frees version %d (buffered)\n", v);
-                    freed_done[v] = 1;
-                    sb_store(WR, A_FREED + v, 1)
-                }
-            :: else -> skip
-            fi
-        }
-        v = 0;
-abandoned:
+        :: else -> skip
+        fi;
+#endif
         k++
     od
 }
