@@ -33,7 +33,7 @@ test: install lint typecheck pytest package-check compat torture csan model docs
 # C: clang-format and clang-tidy (the test extra pins their major version;
 # configs in .clang-format and .clang-tidy, tests/lowlevel/.clang-tidy for the
 # harness). clang-tidy runs one file per core; hotpath.c needs Python's headers.
-# The whole target: 1 min 51 s of CPU, mostly the static analyzer; 7 min 10 s
+# The whole target took 1 min 51 s of CPU and 7 min 10 s
 # of wall time on this shared 2-core machine under a load average of 5-15.
 lint: install
 	$(BIN)/ruff check aiorcu tests examples csrc
