@@ -105,8 +105,8 @@ declare -A cc_flags=([fence-mode-3sec]=-DCOLLAPSE [busted-recovery]=-DBFS
 big='^(faithful|no-flip-fences|timeout|timeout-unflip|foreign-no-f2|probe-leftover|proc-death'
 big+='|writer-death|reap-death|reap-hold|.*-3gp|.*-3sec)$'
 # Three grace periods, or three read sections: more interleavings, about
-# four minutes more on this machine.  Three sections in membarrier mode do
-# not fit (see README).
+# 280 s more on this machine, two at a time.  Three sections in membarrier
+# mode do not fit (see README).
 if [ "${MODEL_DEEP:-0}" = 1 ]; then
     variants+=(
         "faithful-3gp|-DNGP=3                      |verify"
