@@ -170,11 +170,12 @@ uint64_t aiorcu__drop_owner(struct aiorcu_domain *d, struct aiorcu_slot *s)
          * the owner, which no longer exists or is this thread (fork). */
         atomic_fetch_add_explicit(&s->line.gen[k], 1, memory_order_relaxed);
     atomic_store_explicit(&s->line.owner, 0, memory_order_relaxed);
-    /* A shared slot's record belongs to its process: only that process may
-     * follow the pointer (and does, when it releases its own slots). */
-    if (s->life && (!d->shared || s->proc == aiorcu__shared_my_proc(d)))
-        aiorcu__thread_put(s->life);
-    s->life = NULL;
+    /* A shared slot's record belongs to its process, which alone keeps it
+     * (another process releasing the slot finds NULL here). */
+    struct aiorcu_thread **life = aiorcu__life(d, s);
+    if (*life)
+        aiorcu__thread_put(*life);
+    *life = NULL;
     s->in_use = 0;
     d->st->slots_live--;
     if (open)
@@ -233,9 +234,10 @@ static int reclaim_dead_thread(struct aiorcu_domain *d)
 {
     for (size_t i = 0; i < aiorcu__nslots(d); i++) {
         struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
-        if (!s->in_use || !s->life || (d->shared && s->proc != aiorcu__shared_my_proc(d)))
+        struct aiorcu_thread *life = *aiorcu__life(d, s);
+        if (!s->in_use || !life || (d->shared && s->proc != aiorcu__shared_my_proc(d)))
             continue;
-        if (aiorcu__thread_dead(s->life)) {
+        if (aiorcu__thread_dead(life)) {
             aiorcu__drop_owner(d, s);
             return (int)i;
         }
@@ -274,7 +276,7 @@ int aiorcu_slot_alloc(struct aiorcu_domain *d, uint64_t owner_tid)
         uint64_t token = atomic_fetch_add_explicit(&d->st->next_owner, 1, memory_order_relaxed) + 1;
         atomic_store_explicit(&s->line.owner, token, memory_order_relaxed);
         aiorcu__thread_get(me);
-        s->life = me;
+        *aiorcu__life(d, s) = me;
         s->in_use = 1;
         s->owner_tid = owner_tid;
         s->blocked_gp = 0;
@@ -325,11 +327,12 @@ uint64_t aiorcu_slot_release(struct aiorcu_domain *d, int slot, uint64_t owner)
  * proven dead through their process entry instead (shared.c). */
 static int owner_dead(struct aiorcu_domain *d, struct aiorcu_slot *s)
 {
-    if (!s->in_use || !s->life)
+    struct aiorcu_thread *life = *aiorcu__life(d, s);
+    if (!s->in_use || !life)
         return 0;
     if (d->shared && s->proc != aiorcu__shared_my_proc(d))
         return 0;
-    return aiorcu__thread_dead(s->life);
+    return aiorcu__thread_dead(life);
 }
 
 uint64_t aiorcu_slot_release_if_dead(struct aiorcu_domain *d, int slot, uint64_t *owner)

@@ -37,7 +37,7 @@ void aiorcu__threads_after_fork(int child);
 struct aiorcu_slot {
     struct aiorcu_reader_line line;
     /* registry lock */
-    struct aiorcu_thread *life; /* the owner's record (its own process) */
+    struct aiorcu_thread *life; /* the owner's record (private; shared: d->lives) */
     uint64_t owner_tid;         /* reports */
     int32_t proc;               /* shared: owner's process entry; -1 private */
     int32_t pid;                /* shared: reports */
@@ -103,6 +103,10 @@ struct aiorcu_domain {
     struct aiorcu_segment *seg;
     struct aiorcu_slot *table;
     size_t ntable;
+    /* shared: the owner records of this process's slots, by slot index.
+     * Kept here, never in the segment: no pointer read from shared memory
+     * is ever followed. */
+    struct aiorcu_thread **lives;
 
     /* process-local writer settings (writer mutex) */
     int wait_mode;
@@ -125,6 +129,14 @@ static inline struct aiorcu_slot *aiorcu__slot(struct aiorcu_domain *d, int i)
     if (d->shared)
         return &d->table[i];
     return &d->chunks[i / AIORCU_CHUNK_SLOTS][i % AIORCU_CHUNK_SLOTS];
+}
+
+/* Where a slot's owner record is kept (registry lock held): in the slot
+ * for a private domain, in this process's own table for a shared one
+ * (NULL there for every slot another process owns). */
+static inline struct aiorcu_thread **aiorcu__life(struct aiorcu_domain *d, struct aiorcu_slot *s)
+{
+    return d->shared ? &d->lives[s - d->table] : &s->life;
 }
 
 /* Whether slot i exists (registry lock held). */

@@ -1,6 +1,7 @@
 /* C read sections, for C programs and the plain-C stress harness.  The
  * protocol steps are the inline functions of reader.h, which the Python
  * extension (hotpath.c) uses too. */
+#define _GNU_SOURCE /* pthread_mutex_consistent, via internal.h */
 #include "internal.h"
 #include "reader.h"
 

@@ -94,6 +94,11 @@ struct aiorcu_segment {
     int lifeline_running;
     int leaving;
     int held; /* the lifeline holds the entry's mutex */
+    /* set once the entry is PROC_LIVE (registry lock), cleared first by
+     * leave: only then may this process's threads claim slots, so no slot
+     * of ours exists while a writer could take the entry for a leftover */
+    int live;
+    pthread_mutex_t join_lock; /* serializes join and leave in this process */
     pthread_mutex_t wait_lock;
     pthread_cond_t wait_cond;
     /* fork: the bridge slot made before a fork (parent), the one to adopt
@@ -223,9 +228,11 @@ struct aiorcu_domain *aiorcu_shared_open(void *mem, size_t size, const char *nam
 
     struct aiorcu_domain *d = aiorcu__domain_alloc();
     struct aiorcu_segment *seg = calloc(1, sizeof *seg);
-    if (!d || !seg) {
+    struct aiorcu_thread **lives = calloc(max_threads, sizeof *lives);
+    if (!d || !seg || !lives) {
         free(d);
         free(seg);
+        free(lives);
         FAIL("out of memory");
     }
     seg->hdr = mem;
@@ -236,6 +243,7 @@ struct aiorcu_domain *aiorcu_shared_open(void *mem, size_t size, const char *nam
     seg->child_bridge = -1;
     seg->child_sock = -1;
     pthread_mutex_init(&seg->wait_lock, NULL);
+    pthread_mutex_init(&seg->join_lock, NULL);
     pthread_condattr_t cattr;
     pthread_condattr_init(&cattr);
     pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
@@ -246,14 +254,17 @@ struct aiorcu_domain *aiorcu_shared_open(void *mem, size_t size, const char *nam
     d->st = (void *)((char *)mem + l.state_off);
     d->table = (void *)((char *)mem + l.slots_off);
     d->ntable = max_threads;
+    d->lives = lives;
     d->mechanism = (int)mechanism;
     aiorcu__domain_link(d);
     return d;
 }
 
+/* This process's entry, once joined and live; -1 before, while joining
+ * and from the start of leaving (registry lock held by callers that claim). */
 int aiorcu__shared_my_proc(struct aiorcu_domain *d)
 {
-    return d->seg ? d->seg->my_proc : -1;
+    return d->seg && d->seg->live ? d->seg->my_proc : -1;
 }
 
 uint64_t aiorcu__shared_live_processes(struct aiorcu_domain *d)
@@ -293,8 +304,11 @@ static void drop_process(struct aiorcu_domain *d, uint32_t p, int dead)
 }
 
 /* 1 when process entry p's owner provably died (registry lock held): its
- * lifeline's robust mutex comes back owner-dead.  The entry is then left
- * unlocked and consistent, ready for a new process. */
+ * lifeline's robust mutex comes back owner-dead.  The caller then holds
+ * the (consistent) mutex and must release the entry with reap_process():
+ * a reaper that dies before it has freed the entry hands the proof on to
+ * the next one (owner-dead again), instead of leaving a LIVE entry with an
+ * unlocked mutex that would look alive forever. */
 static int proc_dead(struct aiorcu_domain *d, uint32_t p)
 {
     struct seg_proc *e = &d->seg->procs[p];
@@ -304,12 +318,19 @@ static int proc_dead(struct aiorcu_domain *d, uint32_t p)
     int rc = pthread_mutex_trylock(&e->life);
     if (rc == EOWNERDEAD) {
         pthread_mutex_consistent(&e->life);
-        pthread_mutex_unlock(&e->life);
         return 1;
     }
     if (rc == 0) /* never while LIVE: the lifeline holds it; call it alive */
         pthread_mutex_unlock(&e->life);
     return 0;
+}
+
+/* After proc_dead(): releases the dead process's slots and entry, then
+ * the entry's mutex, ready for a new process (registry lock held). */
+static void reap_process(struct aiorcu_domain *d, uint32_t p)
+{
+    drop_process(d, p, 1);
+    pthread_mutex_unlock(&d->seg->procs[p].life);
 }
 
 /* Registry lock held.  Releases the slots of every dead process whose slots
@@ -342,7 +363,7 @@ static int reap_locked(struct aiorcu_domain *d, int phase)
             continue;
         }
         if (proc_dead(d, p)) {
-            drop_process(d, p, 1);
+            reap_process(d, p);
             reaped++;
         }
     }
@@ -350,7 +371,7 @@ static int reap_locked(struct aiorcu_domain *d, int phase)
         /* Processes that died owning no slot hold an entry all the same. */
         for (uint32_t p = 0; p < d->seg->nprocs; p++) {
             if (proc_dead(d, p)) {
-                drop_process(d, p, 1);
+                reap_process(d, p);
                 reaped++;
             }
         }
@@ -410,7 +431,8 @@ static void *lifeline_main(void *arg)
         if (aiorcu__registry_lock(d) >= 0) {
             for (size_t i = 0; i < d->ntable; i++) {
                 struct aiorcu_slot *s = &d->table[i];
-                if (s->in_use && s->proc == seg->my_proc && s->life && aiorcu__thread_dead(s->life))
+                struct aiorcu_thread *life = d->lives[i];
+                if (s->in_use && s->proc == seg->my_proc && life && aiorcu__thread_dead(life))
                     aiorcu__drop_owner(d, s);
             }
             aiorcu__registry_unlock(d);
@@ -425,7 +447,19 @@ static void *lifeline_main(void *arg)
     return NULL;
 }
 
+static int join_locked(struct aiorcu_domain *d);
+
 int aiorcu_shared_join(struct aiorcu_domain *d)
+{
+    struct aiorcu_segment *seg = d->seg;
+    /* Another thread of this process may be joining: wait for it. */
+    pthread_mutex_lock(&seg->join_lock);
+    int rc = join_locked(d);
+    pthread_mutex_unlock(&seg->join_lock);
+    return rc;
+}
+
+static int join_locked(struct aiorcu_domain *d)
 {
     struct aiorcu_segment *seg = d->seg;
     if (seg->my_proc >= 0)
@@ -470,6 +504,7 @@ int aiorcu_shared_join(struct aiorcu_domain *d)
     }
     aiorcu__registry_lock(d);
     atomic_store_explicit(&e->state, rc == 0 ? PROC_LIVE : PROC_FREE, memory_order_relaxed);
+    seg->live = rc == 0;
     aiorcu__registry_unlock(d);
     if (rc != 0) {
         seg->my_proc = -1;
@@ -479,13 +514,24 @@ int aiorcu_shared_join(struct aiorcu_domain *d)
     return AIORCU_OK;
 }
 
+static void leave_locked(struct aiorcu_domain *d);
+
 void aiorcu_shared_leave(struct aiorcu_domain *d)
+{
+    struct aiorcu_segment *seg = d->seg;
+    pthread_mutex_lock(&seg->join_lock);
+    leave_locked(d);
+    pthread_mutex_unlock(&seg->join_lock);
+}
+
+static void leave_locked(struct aiorcu_domain *d)
 {
     struct aiorcu_segment *seg = d->seg;
     if (seg->my_proc < 0)
         return;
     uint32_t p = (uint32_t)seg->my_proc;
     aiorcu__registry_lock(d);
+    seg->live = 0;
     atomic_store_explicit(&seg->procs[p].state, PROC_LEAVING, memory_order_relaxed);
     aiorcu__registry_unlock(d);
     if (seg->lifeline_running) {
@@ -507,7 +553,7 @@ void aiorcu_shared_leave(struct aiorcu_domain *d)
 
 int aiorcu_shared_joined(struct aiorcu_domain *d)
 {
-    return d->shared && d->seg->my_proc >= 0;
+    return d->shared && d->seg->live;
 }
 
 void aiorcu_shared_free(struct aiorcu_domain *d)
@@ -518,7 +564,9 @@ void aiorcu_shared_free(struct aiorcu_domain *d)
     aiorcu__domain_unlink(d);
     pthread_mutex_destroy(&d->seg->wait_lock);
     pthread_cond_destroy(&d->seg->wait_cond);
+    pthread_mutex_destroy(&d->seg->join_lock);
     free(d->seg);
+    free(d->lives);
     free(d);
 }
 
@@ -560,9 +608,9 @@ int aiorcu_shared_fork_prepare(struct aiorcu_domain *d, const uint64_t counts[AI
     if (aiorcu__registry_lock(d) >= 0) {
         /* No thread of this process owns the bridge: the janitor must not
          * release it when the forking thread exits. */
-        if (s->life)
-            aiorcu__thread_put(s->life);
-        s->life = NULL;
+        if (d->lives[slot])
+            aiorcu__thread_put(d->lives[slot]);
+        d->lives[slot] = NULL;
         memcpy(s->name, "fork-bridge", sizeof "fork-bridge");
         aiorcu__registry_unlock(d);
     }
@@ -658,7 +706,9 @@ void aiorcu__shared_after_fork_child(struct aiorcu_domain *d)
     seg->lifeline_running = 0;
     seg->held = 0;
     seg->leaving = 0;
+    seg->live = 0;
     pthread_mutex_init(&seg->wait_lock, NULL);
+    pthread_mutex_init(&seg->join_lock, NULL);
     pthread_condattr_t cattr;
     pthread_condattr_init(&cattr);
     pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
@@ -685,7 +735,7 @@ int aiorcu_shared_adopt(struct aiorcu_domain *d, uint64_t owner_tid)
             uint64_t token = atomic_fetch_add(&d->st->next_owner, 1) + 1;
             atomic_store(&s->line.owner, token);
             aiorcu__thread_get(me);
-            s->life = me;
+            d->lives[slot] = me;
             s->owner_tid = owner_tid;
             aiorcu__shared_claim(d, s);
             adopted = slot;

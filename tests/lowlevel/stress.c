@@ -235,7 +235,7 @@ static void invariant_fail(const char *fmt, ...)
     va_end(ap);
 }
 
-static void die(const char *fmt, ...)
+static _Noreturn void die(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
