@@ -262,9 +262,12 @@ int aiorcu_slot_alloc(struct aiorcu_domain *d, uint64_t owner_tid)
     if (aiorcu__registry_lock(d) < 0)
         return -1;
     size_t n = aiorcu__nslots(d);
-    for (size_t i = 0; i < n && found < 0; i++)
-        if (!aiorcu__slot(d, (int)i)->in_use)
+    uint64_t now = d->shared ? aiorcu_monotonic_ns() : 0;
+    for (size_t i = 0; i < n && found < 0; i++) {
+        struct aiorcu_slot *s = aiorcu__slot(d, (int)i);
+        if (!s->in_use && !(d->shared && aiorcu__resting(s, now)))
             found = (int)i;
+    }
     if (found < 0 && grow(d) == 0)
         found = (int)((d->nchunks - 1) * AIORCU_CHUNK_SLOTS);
     if (found < 0)

@@ -131,6 +131,30 @@ static inline struct aiorcu_slot *aiorcu__slot(struct aiorcu_domain *d, int i)
     return &d->chunks[i / AIORCU_CHUNK_SLOTS][i % AIORCU_CHUNK_SLOTS];
 }
 
+/* A shared slot released for a dead process rests before it is claimed
+ * again.  Death is proven per process (its lifeline thread's robust mutex);
+ * the SIGKILL that killed the lifeline stops the process's other threads
+ * too, but a thread running on another CPU at that moment may execute a
+ * few more instructions (until the kill's interrupt reaches it), such as
+ * the decrement of its section count.  Landing in a free slot, that store
+ * is harmless (a claim zeroes the counts); landing in a new owner's counts,
+ * it would end a section that is still open.  The rest outlasts that
+ * window by orders of magnitude.  Marked in the slot's stall fields, which
+ * a free slot does not use. */
+#define AIORCU_QUARANTINE_GP UINT64_MAX
+#define AIORCU_QUARANTINE_NS 100000000ull
+
+static inline void aiorcu__quarantine(struct aiorcu_slot *s, uint64_t now)
+{
+    s->blocked_gp = AIORCU_QUARANTINE_GP;
+    s->first_blocked = now;
+}
+
+static inline int aiorcu__resting(const struct aiorcu_slot *s, uint64_t now)
+{
+    return s->blocked_gp == AIORCU_QUARANTINE_GP && now - s->first_blocked < AIORCU_QUARANTINE_NS;
+}
+
 /* Where a slot's owner record is kept (registry lock held): in the slot
  * for a private domain, in this process's own table for a shared one
  * (NULL there for every slot another process owns). */

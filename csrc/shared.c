@@ -293,10 +293,14 @@ static void drop_process(struct aiorcu_domain *d, uint32_t p, int dead)
     uint32_t gen = atomic_load_explicit(&e->gen, memory_order_relaxed);
     uint64_t before = atomic_load(&d->st->dead_readers_released);
     uint64_t open = 0;
+    uint64_t now = aiorcu_monotonic_ns();
     for (size_t i = 0; i < d->ntable; i++) {
         struct aiorcu_slot *s = &d->table[i];
-        if (s->in_use && s->proc == (int32_t)p && s->proc_gen == gen)
+        if (s->in_use && s->proc == (int32_t)p && s->proc_gen == gen) {
             open += aiorcu__drop_owner(d, s);
+            if (dead)
+                aiorcu__quarantine(s, now);
+        }
     }
     atomic_store(&d->st->dead_readers_released, before + (dead && open ? 1 : 0));
     atomic_store_explicit(&e->state, PROC_FREE, memory_order_relaxed);

@@ -332,7 +332,7 @@ MAGIC, VERSION, MECHANISM, SIZE, MAX_THREADS, MAX_PROCS = 0, 8, 12, 16, 24, 28
 SLOTS_OFF, NAME_AT, READY, HEADER = 48, 56, 184, 192
 
 FUZZ = """
-import mmap, random, struct
+import mmap, random, struct, threading
 name, donor_name = os.environ["NAME"], os.environ["DONOR"]
 path = "/dev/shm/aiorcu-" + name
 donor = open("/dev/shm/aiorcu-" + donor_name, "rb").read()
@@ -400,6 +400,51 @@ slots = struct.unpack_from("<Q", b, 48)[0]
 struct.pack_into("<QQ", b, slots, 1, 1)  # thread sections open in both phases
 struct.pack_into("<iiIB", b, slots + 80, 1 << 20, 4242, 7, 1)
 attempt("slot-owner", bytes(b))
+
+# A slot that claims to be this very process's, with a forged owner-record
+# pointer: a process never follows a pointer read from the segment, so
+# neither a full table (which reclaims dead threads' slots) nor a writer's
+# wait (whose janitor looks for them) may touch it.
+with open(path, "wb") as f:
+    f.write(own)
+d = aiorcu.SharedDomain(name)
+with d.read():
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        mine = [i for i in range(4) if struct.unpack_from("<B", m, slots + i * 128 + 92)[0]]
+        proc, pid, gen = struct.unpack_from("<iiI", m, slots + mine[0] * 128 + 80)
+        forged = next(i for i in range(4) if i not in mine)
+        at = slots + forged * 128
+        struct.pack_into("<QQ", m, at, 1, 1)
+        struct.pack_into("<QQiiIB", m, at + 64, 0xDEADBEEF0, 1, proc, pid, gen, 1)
+    inside, release = threading.Barrier(3), threading.Event()
+    def hold():
+        with d.read():
+            inside.wait()
+            release.wait()
+    holders = [threading.Thread(target=hold) for _ in range(2)]
+    for t in holders:
+        t.start()
+    inside.wait()
+    errors = []
+    def fifth():
+        try:
+            with d.read():
+                pass
+        except aiorcu.AiorcuError as exc:
+            errors.append(exc)
+    t = threading.Thread(target=fifth)
+    t.start()
+    t.join()
+    release.set()
+    for t in holders:
+        t.join()
+say("case", "own-slot-full", "refused:" if errors else "accepted:", *errors)
+try:
+    d.synchronize_blocking(timeout=0.5)
+    say("case", "own-slot-wait", "accepted: works")
+except aiorcu.GracePeriodTimeout:
+    say("case", "own-slot-wait", "refused: timed out")
+d.close()
 say("end")
 """
 
@@ -447,6 +492,10 @@ def test_no_damaged_segment_crashes_an_attacher_or_sends_it_outside() -> None:
         for label, words in expected.items():
             assert cases[label].startswith("refused:") and words in cases[label], (label, cases)
         assert cases["slot-owner"] == "accepted: works", cases["slot-owner"]
+        # It survived the forged pointer; the table was full, and the forged
+        # counts look like a section of its own that never ends.
+        assert "no free reader slot" in cases["own-slot-full"], cases["own-slot-full"]
+        assert cases["own-slot-wait"] == "refused: timed out", cases["own-slot-wait"]
         flips = [v for k, v in cases.items() if k.startswith("flip-")]
         assert len(flips) == 150
     finally:
@@ -508,3 +557,48 @@ def test_a_process_that_cannot_register_for_membarrier_refuses_to_attach() -> No
         child.send()
         assert child.finish() == 0
         assert domain.stats().processes_attached == 1
+
+
+def test_a_dead_process_slot_rests_before_it_is_claimed_again() -> None:
+    """A sibling thread of the dead lifeline may store to its slot a moment
+    longer: the slot rests (csrc/internal.h, AIORCU_QUARANTINE_NS) first."""
+
+    def claim() -> BaseException | None:
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                with domain.read():
+                    pass
+                outcome.append(None)
+            except aiorcu.AiorcuError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        return outcome[0]
+
+    with shared_domain("rest", max_threads=2) as domain, children() as kids:
+        with domain.read():
+            pass  # this thread keeps one of the two slots
+        kids.append(child := Child(HOLD_ONE, env={"NAME": domain.name}))
+        child.expect("inside")
+        child.kill()
+        assert domain.stats().dead_readers_released == 1  # stats() reaped it
+        refused = claim()
+        assert refused is not None and "no free reader slot" in str(refused), refused
+        start = time.monotonic()
+        while claim() is not None:
+            time.sleep(0.005)
+        rested = time.monotonic() - start
+        assert rested < 2, f"the slot rested {rested:.3f} s"
+        domain.synchronize_blocking(timeout=5)
+
+
+HOLD_ONE = """
+d = aiorcu.SharedDomain(os.environ["NAME"])
+with d.read():
+    say("inside")
+    time.sleep(3600)
+"""
