@@ -50,11 +50,10 @@ from typing import Any, Final, final
 import aiorcu
 from aiorcu import testing
 
-from ..console import Progress
 from .board import PAGE_SIZE, Board, Col, Lane, Layout
 from .children import CRASH_STATUS, GONE_STATUS, ChildConfig, started
 from .readers import reader_main
-from .report import print_process_summary, print_verdict
+from .report import print_process_summary, print_verdict, progress_for
 from .state import AGES, BACKSTOP_NS, HANG_S, STALL_S
 from .writers import writer_main
 
@@ -265,26 +264,9 @@ class Watch:
         now = time.monotonic()
         done = self.completed()
         if done != self.last:
-            if now - self.last_at > 0.2 and os.environ.get("TDEBUG"):
-                print(
-                    f"DEBUG gap {now - self.last_at:.3f} ended at {now:.3f} gp {done}", flush=True
-                )
             self.longest_gap = max(self.longest_gap, now - self.last_at)
             self.last, self.last_at = done, now
         return now - self.last_at
-
-
-def _progress(args: argparse.Namespace) -> Progress | None:
-    if args.json:
-        return None
-    return Progress(
-        "torture",
-        args.seconds,
-        unit="s",
-        every=min(30.0, max(1.0, args.seconds / 5)),
-        stream=sys.stdout,
-        transient=False,
-    )
 
 
 @final
@@ -326,7 +308,7 @@ class ProcessRun:
         sampler = threading.Thread(
             target=self._sample, args=(watch, done), name="torture-sampler", daemon=True
         )
-        progress = _progress(args)
+        progress = progress_for(args)
         self.started = time.monotonic()
         board.go()
         sampler.start()

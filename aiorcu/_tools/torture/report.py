@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 from typing import Any
 
+from ..console import Progress
 from .state import AGES
+
+
+def progress_for(args: argparse.Namespace) -> Progress | None:
+    """The console progress line of a torture run (none with --json)."""
+    if args.json:
+        return None
+    return Progress(
+        "torture",
+        args.seconds,
+        unit="s",
+        every=min(30.0, max(1.0, args.seconds / 5)),
+        stream=sys.stdout,
+        transient=False,
+    )
 
 
 def print_ages(figures: dict[str, Any], what: str = "objects") -> None:

@@ -27,10 +27,9 @@ import aiorcu
 from aiorcu import testing
 
 from ..cli import count, positive_float, positive_int
-from ..console import Progress
 from .checks import RssSamples, judge_backstops, judge_rss, sum_tallies
 from .processes import run_processes
-from .report import print_summary, print_verdict
+from .report import print_summary, print_verdict, progress_for
 from .state import HANG_S, RSS_JUDGED_FROM_S, STALL_S, STALL_WARNING_S, Run, Tally
 from .workers import jitter, make_workers
 
@@ -111,24 +110,11 @@ def validate(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _progress(args: argparse.Namespace) -> Progress | None:
-    if args.json:
-        return None
-    return Progress(
-        "torture",
-        args.seconds,
-        unit="s",
-        every=min(30.0, max(1.0, args.seconds / 5)),
-        stream=sys.stdout,
-        transient=False,
-    )
-
-
 def monitor(
     state: Run, args: argparse.Namespace, tallies: list[Tally], rss: RssSamples | None
 ) -> None:
     """The main thread's part: progress, the stall check and RSS samples, then stop."""
-    progress = _progress(args)
+    progress = progress_for(args)
     last_gp, last_gp_at = state.completed(), time.monotonic()
     try:
         while not state.stop.is_set():
