@@ -246,7 +246,9 @@ static _Noreturn void die(const char *fmt, ...)
     exit(EXIT_INVARIANT);
 }
 
-/* This thread's aiorcu_thread_serial(), cached. */
+/* This thread's aiorcu_thread_serial(), cached: what the core records as
+ * the entering thread of a section (section.thread).  It is not a slot's
+ * owner: see claim_token(). */
 static _Thread_local uint64_t tl_serial;
 
 static uint64_t my_serial(void)
@@ -256,10 +258,10 @@ static uint64_t my_serial(void)
     return tl_serial;
 }
 
-/* A serial no thread has: thread serials count up from 1. */
-static uint64_t not_a_serial(uint64_t serial)
+/* A token no claim has: claim tokens count up from 1 per domain. */
+static uint64_t not_the_token(uint64_t token)
 {
-    return serial ^ (1ull << 62);
+    return token ^ (1ull << 62);
 }
 
 /* Per-thread counters; main() sums them after joining the thread.  Every
@@ -439,6 +441,20 @@ static void reader_init_or_die(struct aiorcu_reader *r, struct aiorcu_domain *d,
     if (aiorcu_reader_init(r, d) != 0)
         die("aiorcu_reader_init failed: registry full or out of memory");
     c->registrations++;
+}
+
+/* The owner word of the slot `r` has just claimed: a fresh token of the
+ * domain per claim (not the thread's serial), which aiorcu_slot_counts()
+ * reports and aiorcu_slot_release() matches.  Read right after the claim,
+ * while nothing else can release the slot; the caller keeps it with the
+ * reader and checks ownership against it. */
+static uint64_t claim_token(const struct aiorcu_reader *r)
+{
+    uint64_t got[AIORCU_NCOUNTS];
+    uint64_t token = aiorcu_slot_counts(r->d, r->slot, got);
+    if (token == 0)
+        die("slot %d just claimed has no owner token", r->slot);
+    return token;
 }
 
 /* Enters a section on this thread and checks what the core recorded in it. */
@@ -691,6 +707,7 @@ static void handoff_self(struct aiorcu_reader *r, struct handoff *h, struct coun
  * must stay registered until they are). */
 struct reader_ctx {
     struct aiorcu_reader r, r2;
+    uint64_t token, token2; /* claim_token() of r's and r2's slots */
     _Atomic int outstanding;
     struct counters *c;
 };
@@ -886,18 +903,19 @@ static void op_handoff(struct reader_ctx *x)
     }
 }
 
-/* Releases this thread's own slot (a reader that is re-registering or done).
- * Sections it handed over in a race may still be open: their counts are
- * dropped, which the core counts in dead_readers_released. */
-static void reader_release(struct aiorcu_reader *r, struct counters *c)
+/* Releases this thread's own slot (a reader that is re-registering or done),
+ * claimed with `token`.  Sections it handed over in a race may still be
+ * open: their counts are dropped, which the core counts in
+ * dead_readers_released. */
+static void reader_release(struct aiorcu_reader *r, uint64_t token, struct counters *c)
 {
-    uint64_t n = aiorcu_slot_release(r->d, r->slot, my_serial());
+    uint64_t n = aiorcu_slot_release(r->d, r->slot, token);
     if (n == AIORCU_NOT_OWNER) {
         uint64_t got[AIORCU_NCOUNTS];
         /* UINT64_MAX: not the owner, or counts that sum to -1 (below zero). */
         invariant_fail("releasing our own slot %d returned AIORCU_NOT_OWNER (owner now %" PRIu64
-                       ", we are %" PRIu64 "; or its counts summed to -1)",
-                       r->slot, aiorcu_slot_counts(r->d, r->slot, got), my_serial());
+                       ", our claim %" PRIu64 "; or its counts summed to -1)",
+                       r->slot, aiorcu_slot_counts(r->d, r->slot, got), token);
     } else if (n > HANDOFF_CAP)
         invariant_fail("releasing our own slot %d dropped %" PRIu64 " sections", r->slot, n);
     else if (n > 0) {
@@ -918,8 +936,10 @@ static void op_rereg_inside(struct reader_ctx *x)
     struct aiorcu_section old, cur;
     enter(&x->r, &old, rnd_kind(), c);
     check(section_load(c), c);
-    reader_release(&x->r, c); /* drops `old` (and any open handed-over race) */
+    uint64_t old_token = x->token;
+    reader_release(&x->r, old_token, c); /* drops `old` (and any open handed-over race) */
     reader_init_or_die(&x->r, g_d, c);
+    x->token = claim_token(&x->r);
     c->reregistrations++;
     enter(&x->r, &cur, rnd_kind(), c);
     struct obj *o = section_load(c);
@@ -929,12 +949,16 @@ static void op_rereg_inside(struct reader_ctx *x)
     if (rc != 0)
         invariant_fail("leaving a section of a released registration returned %d", rc);
     uint64_t owner = aiorcu_slot_counts(g_d, x->r.slot, got);
-    if (owner != my_serial() || memcmp(got, expect, sizeof got) != 0)
+    if (x->token == old_token)
+        invariant_fail("slot %d claimed again with the released claim's token %" PRIu64, x->r.slot,
+                       old_token);
+    if (owner != x->token || memcmp(got, expect, sizeof got) != 0)
         invariant_fail("leaving a section of the released registration changed the new one's "
-                       "counts (slot %d): %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
-                       ", want %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64,
-                       x->r.slot, got[0], got[1], got[2], got[3], expect[0], expect[1], expect[2],
-                       expect[3]);
+                       "owner or counts (slot %d): owner %" PRIu64 " (want %" PRIu64
+                       "), counts %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 ", want %" PRIu64
+                       " %" PRIu64 " %" PRIu64 " %" PRIu64,
+                       x->r.slot, owner, x->token, got[0], got[1], got[2], got[3], expect[0],
+                       expect[1], expect[2], expect[3]);
     check(o, c);
     leave(&x->r, &cur, c);
     c->stale_owner_leaves++;
@@ -954,7 +978,9 @@ static void *reader_main(void *arg)
     struct counters *c = &w->c;
     rng_seed(w->seed);
     reader_init_or_die(&x.r, g_d, c);
+    x.token = claim_token(&x.r);
     reader_init_or_die(&x.r2, g_d, c);
+    x.token2 = claim_token(&x.r2);
     while (!stopping()) {
         unsigned op = rnd_below(200);
         if (op < 80)
@@ -979,8 +1005,9 @@ static void *reader_main(void *arg)
             else if (op < 188)
                 op_rereg_inside(&x);
             else {
-                reader_release(&x.r, c);
+                reader_release(&x.r, x.token, c);
                 reader_init_or_die(&x.r, g_d, c);
+                x.token = claim_token(&x.r);
                 c->reregistrations++;
             }
         } else
@@ -989,8 +1016,8 @@ static void *reader_main(void *arg)
     /* Acquire: pairs with the leavers' release decrement. */
     while (atomic_load_explicit(&x.outstanding, memory_order_acquire) != 0)
         sleep_us(100);
-    reader_release(&x.r2, c);
-    reader_release(&x.r, c);
+    reader_release(&x.r2, x.token2, c);
+    reader_release(&x.r, x.token, c);
     return NULL;
 }
 
@@ -1026,7 +1053,7 @@ struct churn_child {
     uint64_t seed;
     int dies_inside;
     int slot;
-    uint64_t serial;
+    uint64_t token;                          /* claim_token() of its slot */
     struct handoff *dead[MAX_DEAD_SECTIONS]; /* the sections it dies inside */
     unsigned ndead;
     int self_dead; /* aiorcu_slot_owner_dead() on its own slot, asked by itself */
@@ -1043,7 +1070,7 @@ static void *churn_child_main(void *arg)
     struct aiorcu_reader r;
     reader_init_or_die(&r, g_d, c);
     k->slot = r.slot;
-    k->serial = my_serial();
+    k->token = claim_token(&r);
     unsigned n = 1 + rnd_below(20);
     for (unsigned i = 0; i < n; i++) {
         unsigned op = rnd_below(10);
@@ -1091,6 +1118,7 @@ static void late_leaves(struct churn_child *k, struct counters *c)
     }
     struct aiorcu_reader rr;
     reader_init_or_die(&rr, g_d, c);
+    uint64_t token = claim_token(&rr);
     struct aiorcu_section own[2];
     uint64_t expect[AIORCU_NCOUNTS] = {0}, got[AIORCU_NCOUNTS];
     int reused = rr.slot == k->slot;
@@ -1106,12 +1134,15 @@ static void late_leaves(struct churn_child *k, struct counters *c)
     }
     if (reused) {
         uint64_t owner = aiorcu_slot_counts(g_d, rr.slot, got);
-        if (owner != my_serial() || memcmp(got, expect, sizeof got) != 0)
+        if (token == k->token)
+            invariant_fail("slot %d claimed again with the dead thread's token %" PRIu64, rr.slot,
+                           token);
+        if (owner != token || memcmp(got, expect, sizeof got) != 0)
             invariant_fail("late leaves of a released slot's sections changed its new owner's "
                            "counts: slot %d owner %" PRIu64 " (want %" PRIu64 ") counts %" PRIu64
                            " %" PRIu64 " %" PRIu64 " %" PRIu64 ", want %" PRIu64 " %" PRIu64
                            " %" PRIu64 " %" PRIu64,
-                           rr.slot, owner, my_serial(), got[0], got[1], got[2], got[3], expect[0],
+                           rr.slot, owner, token, got[0], got[1], got[2], got[3], expect[0],
                            expect[1], expect[2], expect[3]);
         c->late_reuse_checks++;
         leave(&rr, &own[1], c);
@@ -1134,17 +1165,17 @@ static void bury_child(struct churn_child *k, struct counters *c)
     for (unsigned i = 0; i < k->ndead; i++)
         expect[AIORCU_COUNT(k->dead[i]->s.kind, k->dead[i]->s.phase)]++;
     uint64_t owner = aiorcu_slot_counts(g_d, k->slot, got);
-    if (owner != k->serial || memcmp(got, expect, sizeof got) != 0)
+    if (owner != k->token || memcmp(got, expect, sizeof got) != 0)
         invariant_fail("dead thread's slot %d: owner %" PRIu64 " (want %" PRIu64
                        "), counts %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 ", want %" PRIu64
                        " %" PRIu64 " %" PRIu64 " %" PRIu64,
-                       k->slot, owner, k->serial, got[0], got[1], got[2], got[3], expect[0],
+                       k->slot, owner, k->token, got[0], got[1], got[2], got[3], expect[0],
                        expect[1], expect[2], expect[3]);
-    uint64_t n = aiorcu_slot_release(g_d, k->slot, not_a_serial(k->serial));
+    uint64_t n = aiorcu_slot_release(g_d, k->slot, not_the_token(k->token));
     if (n != AIORCU_NOT_OWNER)
-        invariant_fail("slot %d released for a thread that does not own it: %" PRIu64, k->slot, n);
+        invariant_fail("slot %d released for a claim that does not own it: %" PRIu64, k->slot, n);
     /* A writer may be waiting on this slot right now. */
-    n = aiorcu_slot_release(g_d, k->slot, k->serial);
+    n = aiorcu_slot_release(g_d, k->slot, k->token);
     if (n != k->ndead)
         invariant_fail("releasing dead thread's slot %d dropped %" PRIu64 " sections, %u were open",
                        k->slot, n, k->ndead);
@@ -1617,11 +1648,14 @@ static int child_try(struct aiorcu_domain *d)
     return rc;
 }
 
-/* The child's checks.  `own` are the forking thread's open sections (on
- * reader r, which must be its only slot in d); `phantom`, if not NULL, an
- * open section another thread entered and handed to it. */
+/* The child's checks.  `serial` is the forking thread's serial and `token`
+ * the claim token of reader r's slot, both read before the fork; `own` are
+ * the forking thread's open sections (on r, which must be its only slot in
+ * d); `phantom`, if not NULL, an open section another thread entered and
+ * handed to it. */
 static int fork_child(struct aiorcu_domain *d, struct aiorcu_reader *r, uint64_t serial,
-                      struct aiorcu_section *own, unsigned nown, struct aiorcu_section *phantom)
+                      uint64_t token, struct aiorcu_section *own, unsigned nown,
+                      struct aiorcu_section *phantom)
 {
     double t0 = now_s();
     struct aiorcu_stats s;
@@ -1631,13 +1665,13 @@ static int fork_child(struct aiorcu_domain *d, struct aiorcu_reader *r, uint64_t
     aiorcu_domain_stats(d, &s);
     if (s.slots_live > 1)
         return FC_SLOTS;
-    if (s.slots_live != 1 || aiorcu_slot_counts(d, r->slot, got) != serial)
+    if (s.slots_live != 1 || aiorcu_slot_counts(d, r->slot, got) != token)
         return FC_OWN_SLOT;
     if (s.sections_open != nown)
         return FC_OPEN;
     for (unsigned i = 0; i < nown; i++)
         expect[AIORCU_COUNT(own[i].kind, own[i].phase)]++;
-    if (aiorcu_slot_counts(d, r->slot, got) != serial || memcmp(got, expect, sizeof got) != 0)
+    if (aiorcu_slot_counts(d, r->slot, got) != token || memcmp(got, expect, sizeof got) != 0)
         return FC_COUNTS;
     if (nown > 0 && child_try(d) != AIORCU_BUSY)
         return FC_NOT_BUSY;
@@ -1645,7 +1679,7 @@ static int fork_child(struct aiorcu_domain *d, struct aiorcu_reader *r, uint64_t
         if (aiorcu_section_leave(r, phantom) != 0)
             return FC_PHANTOM_RC;
         aiorcu_domain_stats(d, &s);
-        if (s.sections_open != nown || aiorcu_slot_counts(d, r->slot, got) != serial ||
+        if (s.sections_open != nown || aiorcu_slot_counts(d, r->slot, got) != token ||
             memcmp(got, expect, sizeof got) != 0)
             return FC_PHANTOM_CHANGED;
     }
@@ -1722,6 +1756,7 @@ static void *forker_main(void *arg)
     struct aiorcu_reader r;
     reader_init_or_die(&r, g_d, c);
     uint64_t serial = my_serial();
+    uint64_t token = claim_token(&r);
     double next = now_s() + 0.01 + rnd_below(40) / 1000.0;
     while (!stopping() && c->forks < FORK_MAX) {
         if (now_s() < next) {
@@ -1744,7 +1779,7 @@ static void *forker_main(void *arg)
         if (pid < 0)
             die("fork failed: %s", strerror(errno));
         if (pid == 0)
-            _exit(fork_child(g_d, &r, serial, own, nown, ph ? &ph->s : NULL));
+            _exit(fork_child(g_d, &r, serial, token, own, nown, ph ? &ph->s : NULL));
         note_max(&c->fork_call_max_us, (uint64_t)((now_s() - tf) * 1e6));
         c->forks++;
         c->fork_own_sections += nown;
@@ -1911,7 +1946,7 @@ struct helper {
     struct aiorcu_section s, s2;
     struct aiorcu_section *target;
     int slot;
-    uint64_t serial;
+    uint64_t token; /* claim_token() of its slot */
     int self_dead;
     int saw_waiting;
     int rc;
@@ -1928,7 +1963,7 @@ static void *helper_main(void *arg)
     memset(&c, 0, sizeof c);
     reader_init_or_die(&r, h->d, &c);
     h->slot = r.slot;
-    h->serial = aiorcu_thread_serial();
+    h->token = claim_token(&r);
     switch (h->role) {
     case H_HOLD:
         aiorcu_section_enter(&r, &h->s, THREAD);
@@ -2099,14 +2134,14 @@ static void selftest_death(struct aiorcu_domain *d, struct aiorcu_reader *r0)
     uint64_t expect[AIORCU_NCOUNTS] = {0};
     expect[AIORCU_COUNT(THREAD, h.s.phase)]++;
     expect[AIORCU_COUNT(TASK, h.s2.phase)]++;
-    EXPECT(owner == h.serial && memcmp(got, expect, sizeof got) == 0,
+    EXPECT(owner == h.token && memcmp(got, expect, sizeof got) == 0,
            "dead thread's slot: owner %" PRIu64 " counts %" PRIu64 " %" PRIu64 " %" PRIu64
            " %" PRIu64,
            owner, got[0], got[1], got[2], got[3]);
     aiorcu_domain_stats(d, &a);
-    EXPECT(aiorcu_slot_release(d, h.slot, not_a_serial(h.serial)) == AIORCU_NOT_OWNER,
-           "release by a thread that is not the owner");
-    uint64_t n = aiorcu_slot_release(d, h.slot, h.serial);
+    EXPECT(aiorcu_slot_release(d, h.slot, not_the_token(h.token)) == AIORCU_NOT_OWNER,
+           "release for a claim that does not own the slot");
+    uint64_t n = aiorcu_slot_release(d, h.slot, h.token);
     EXPECT(n == 2, "releasing a dead thread's slot: %" PRIu64 " sections dropped, 2 open", n);
     aiorcu_domain_stats(d, &b);
     EXPECT(b.dead_readers_released == a.dead_readers_released + 1 &&
@@ -2119,7 +2154,9 @@ static void selftest_death(struct aiorcu_domain *d, struct aiorcu_reader *r0)
 
     struct aiorcu_reader rn;
     reader_init_or_die(&rn, d, &c);
+    uint64_t rn_token = claim_token(&rn);
     EXPECT(rn.slot == h.slot, "the released slot %d was not reused (got %d)", h.slot, rn.slot);
+    EXPECT(rn_token != h.token, "the slot was claimed again with the dead thread's token");
     struct aiorcu_section n1, n2;
     aiorcu_section_enter(&rn, &n1, THREAD);
     aiorcu_section_enter(&rn, &n2, TASK);
@@ -2130,7 +2167,7 @@ static void selftest_death(struct aiorcu_domain *d, struct aiorcu_reader *r0)
     EXPECT(aiorcu_section_leave(r0, &h.s2) == 0, "late leave of a dead thread's section");
     EXPECT(aiorcu_section_leave(r0, &h.s) == -1, "second late leave");
     owner = aiorcu_slot_counts(d, rn.slot, got);
-    EXPECT(owner == aiorcu_thread_serial() && memcmp(got, expect, sizeof got) == 0,
+    EXPECT(owner == rn_token && memcmp(got, expect, sizeof got) == 0,
            "late leaves changed the new owner's counts: %" PRIu64 " %" PRIu64 " %" PRIu64
            " %" PRIu64 " (want %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 ")",
            got[0], got[1], got[2], got[3], expect[0], expect[1], expect[2], expect[3]);
@@ -2169,7 +2206,7 @@ static void *hammer_main(void *arg)
  * (a phantom in the child) in hand, and a helper hammering the domain's
  * locks: the child sees only this thread's slot and sections, leaves the
  * phantom without effect, and completes grace periods. */
-static void selftest_fork(struct aiorcu_domain *d, struct aiorcu_reader *r0)
+static void selftest_fork(struct aiorcu_domain *d, struct aiorcu_reader *r0, uint64_t token0)
 {
     struct counters c;
     memset(&c, 0, sizeof c);
@@ -2192,7 +2229,8 @@ static void selftest_fork(struct aiorcu_domain *d, struct aiorcu_reader *r0)
         if (pid < 0)
             die("fork failed: %s", strerror(errno));
         if (pid == 0)
-            _exit(fork_child(d, r0, aiorcu_thread_serial(), own, nown, i % 2 ? &phantom : NULL));
+            _exit(fork_child(d, r0, aiorcu_thread_serial(), token0, own, nown,
+                             i % 2 ? &phantom : NULL));
         for (unsigned k = 0; k < nown; k++)
             EXPECT(aiorcu_section_leave(r0, &own[k]) == 0, "parent: leaving its own section");
         if (!reap_child(pid, "self-test fork", &c)) {
@@ -2254,7 +2292,8 @@ static void selftest(void)
     /* One reader: elided when it is the caller's own slot, not otherwise. */
     struct aiorcu_reader r0;
     reader_init_or_die(&r0, d, &c);
-    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == me && counts_are(got, 0, 0, 0, 0),
+    uint64_t token0 = claim_token(&r0);
+    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == token0 && counts_are(got, 0, 0, 0, 0),
            "new slot: owner or counts wrong");
     aiorcu_domain_stats(d, &a);
     rc = aiorcu_synchronize(d, aiorcu_snapshot(d), -1, 0, r0.slot, stall_cb, &sc);
@@ -2282,7 +2321,7 @@ static void selftest(void)
     uint64_t expect[AIORCU_NCOUNTS] = {0};
     expect[AIORCU_COUNT(THREAD, s.phase)]++;
     expect[AIORCU_COUNT(TASK, s2.phase)]++;
-    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == me && memcmp(got, expect, sizeof got) == 0,
+    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == token0 && memcmp(got, expect, sizeof got) == 0,
            "counts %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " after a thread and a task "
            "section",
            got[0], got[1], got[2], got[3]);
@@ -2290,11 +2329,11 @@ static void selftest(void)
     EXPECT(aiorcu_section_leave(&r0, &s) == 0, "leaving the first section first");
     EXPECT(aiorcu_section_leave(&r0, &s) == -1, "second leave of a section");
     expect[AIORCU_COUNT(THREAD, s.phase)]--;
-    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == me && memcmp(got, expect, sizeof got) == 0,
+    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == token0 && memcmp(got, expect, sizeof got) == 0,
            "counts after leaving the first section");
     EXPECT(aiorcu_section_leave(&r0, &s2) == 0 && aiorcu_section_leave(&r0, &s2) == -1,
            "leaving the task section once");
-    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == me && counts_are(got, 0, 0, 0, 0) &&
+    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == token0 && counts_are(got, 0, 0, 0, 0) &&
                sections_open(d) == 0,
            "counts not zero after leaving every section");
 
@@ -2323,8 +2362,8 @@ static void selftest(void)
     EXPECT(b.completed == a.completed, "abandoned grace periods moved completed");
     EXPECT(b.started - a.started == 3, "3 abandoned grace periods, started moved %" PRIu64,
            b.started - a.started);
-    EXPECT(aiorcu_slot_release(d, r0.slot, not_a_serial(me)) == AIORCU_NOT_OWNER,
-           "release for a thread that does not own the slot");
+    EXPECT(aiorcu_slot_release(d, r0.slot, not_the_token(token0)) == AIORCU_NOT_OWNER,
+           "release for a claim that does not own the slot");
     uint64_t n = aiorcu_slot_release(d, r0.slot, 0);
     EXPECT(n == 1, "owner-0 release of a slot with one open section: %" PRIu64, n);
     EXPECT(aiorcu_slot_release(d, r0.slot, 0) == AIORCU_NOT_OWNER, "release of a free slot");
@@ -2337,13 +2376,17 @@ static void selftest(void)
     /* The slot is taken again by this thread; the section entered under the
      * old generation leaves (lock-free path: same thread) without effect. */
     int old_slot = r0.slot;
+    uint64_t old_token = token0;
     reader_init_or_die(&r0, d, &c);
+    token0 = claim_token(&r0);
     EXPECT(r0.slot == old_slot, "released slot %d not reused (got %d)", old_slot, r0.slot);
+    EXPECT(token0 != old_token, "slot %d claimed again with the released claim's token %" PRIu64,
+           r0.slot, old_token);
     aiorcu_section_enter(&r0, &s2, TASK);
     memset(expect, 0, sizeof expect);
     expect[AIORCU_COUNT(TASK, s2.phase)]++;
     EXPECT(aiorcu_section_leave(&r0, &s) == 0, "leaving a section of a released slot");
-    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == me && memcmp(got, expect, sizeof got) == 0,
+    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == token0 && memcmp(got, expect, sizeof got) == 0,
            "leaving a section of the slot's previous generation changed its counts: %" PRIu64
            " %" PRIu64 " %" PRIu64 " %" PRIu64,
            got[0], got[1], got[2], got[3]);
@@ -2360,7 +2403,7 @@ static void selftest(void)
     helper_start(&h, d, H_FOREIGN);
     pthread_join(h.tid, NULL);
     EXPECT(h.rc == 0, "foreign leave returned %d", h.rc);
-    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == me && counts_are(got, 0, 0, 0, 0),
+    EXPECT(aiorcu_slot_counts(d, r0.slot, got) == token0 && counts_are(got, 0, 0, 0, 0),
            "counts after a foreign leave: %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64, got[0],
            got[1], got[2], got[3]);
     EXPECT(try_sync(d) == AIORCU_OK, "BUSY after a foreign leave");
@@ -2433,7 +2476,7 @@ static void selftest(void)
     BAIL_IF_FAILED();
     selftest_death(d, &r0);
     BAIL_IF_FAILED();
-    selftest_fork(d, &r0);
+    selftest_fork(d, &r0, token0);
     BAIL_IF_FAILED();
 
     /* Membarrier fault injection (r0 registered: barriers not elided). */
@@ -2443,10 +2486,15 @@ static void selftest(void)
     aiorcu_reader_fini(&r0);
     enum { N = 2 * AIORCU_CHUNK_SLOTS + 2 };
     static struct aiorcu_reader many[N];
+    static uint64_t many_tokens[N];
     for (int i = 0; i < N; i++) {
         reader_init_or_die(&many[i], d, &c);
-        for (int j = 0; j < i; j++)
+        many_tokens[i] = claim_token(&many[i]);
+        for (int j = 0; j < i; j++) {
             EXPECT(many[j].slot != many[i].slot, "slot %d handed out twice", many[i].slot);
+            EXPECT(many_tokens[j] != many_tokens[i], "claim token %" PRIu64 " handed out twice",
+                   many_tokens[i]);
+        }
     }
     aiorcu_domain_stats(d, &a);
     EXPECT(a.slots_live == N && a.slots_capacity == 3 * AIORCU_CHUNK_SLOTS,
