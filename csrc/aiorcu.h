@@ -74,7 +74,7 @@
 #define AIORCU_STAGE_STRAGGLERS 1 /* waiting for the non-current phase */
 #define AIORCU_STAGE_CLOSED     2 /* waiting for the phase just closed */
 
-/* aiorcu_slot_release(): the slot was not owned by the given thread. */
+/* aiorcu_slot_release(): the slot was not owned by the given claim. */
 #define AIORCU_NOT_OWNER UINT64_MAX
 
 struct aiorcu_domain;
@@ -89,7 +89,7 @@ struct aiorcu_domain;
 struct aiorcu_reader_line {
     _Atomic uint64_t count[AIORCU_NCOUNTS]; /* open sections by kind and phase */
     _Atomic uint64_t gen[AIORCU_NKINDS];    /* bumped whenever counts are dropped */
-    _Atomic uint64_t owner;                 /* owner's aiorcu_thread_serial(); 0: free */
+    _Atomic uint64_t owner;                 /* the claim's token (per domain); 0: free */
     uint64_t reserved;
 };
 _Static_assert(sizeof(struct aiorcu_reader_line) == AIORCU_CACHELINE,
@@ -150,10 +150,10 @@ uint64_t aiorcu_slot_release(struct aiorcu_domain *d, int slot, uint64_t owner);
 /* 1 when the slot's owner thread has provably exited, else 0. */
 int aiorcu_slot_owner_dead(struct aiorcu_domain *d, int slot);
 /* Releases the slot if its owner has provably exited, in one step; returns
- * the sections dropped (and the owner's serial in *owner), or
+ * the sections dropped (and the claim's token in *owner), or
  * AIORCU_NOT_OWNER when the owner is alive or the slot is free. */
 uint64_t aiorcu_slot_release_if_dead(struct aiorcu_domain *d, int slot, uint64_t *owner);
-/* The slot's owner serial and counts (reports). */
+/* The slot's owner word (the claim's token; 0: free) and counts (reports). */
 uint64_t aiorcu_slot_counts(struct aiorcu_domain *d, int slot, uint64_t out[AIORCU_NCOUNTS]);
 /* Releases one section from any thread, under the registry lock: unless the
  * slot was released since (generation changed), F2, decrement, F3, wake.
@@ -279,7 +279,8 @@ struct aiorcu_reader {
     struct aiorcu_domain *d;
     void *line; /* struct aiorcu_reader_line * */
     int slot;
-    int fence; /* the domain's barrier mode is fences */
+    int fence;      /* the domain's barrier mode is fences */
+    uint64_t token; /* the slot's owner word when this reader claimed it */
 };
 struct aiorcu_section {
     void *line;

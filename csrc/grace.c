@@ -240,7 +240,8 @@ static int wait_phase(struct aiorcu_domain *d, int phase, int stage, struct gp_w
             continue;
         }
         uint64_t until = w->deadline < w->next_stall ? w->deadline : w->next_stall;
-        if (d->wait_mode == AIORCU_WAIT_POLL) {
+        /* Relaxed atomic: set_wait_mode() stores it without the writer mutex. */
+        if (__atomic_load_n(&d->wait_mode, __ATOMIC_RELAXED) == AIORCU_WAIT_POLL) {
             sleep_ns(until - now < backoff ? until - now : backoff);
             backoff = backoff * 2 > POLL_MAX_NS ? POLL_MAX_NS : backoff * 2;
             if (scan_clear(d, phase, w->gp))

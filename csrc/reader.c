@@ -14,13 +14,17 @@ int aiorcu_reader_init(struct aiorcu_reader *r, struct aiorcu_domain *d)
     if (r->slot < 0)
         return -1;
     r->line = aiorcu_slot_line(d, r->slot);
+    /* Relaxed: this thread stored it, claiming the slot, a moment ago. */
+    r->token =
+        atomic_load_explicit(&((struct aiorcu_reader_line *)r->line)->owner, memory_order_relaxed);
     r->fence = aiorcu_domain_mechanism(d) == AIORCU_MECH_FENCE;
     return 0;
 }
 
 void aiorcu_reader_fini(struct aiorcu_reader *r)
 {
-    aiorcu_slot_release(r->d, r->slot, aiorcu_thread_serial());
+    /* This reader's own claim: never a later claim of the same slot. */
+    aiorcu_slot_release(r->d, r->slot, r->token);
     r->slot = -1;
     r->line = NULL;
 }
@@ -36,7 +40,7 @@ void aiorcu_section_enter(struct aiorcu_reader *r, struct aiorcu_section *s, int
     /* Relaxed: gen changes only under the registry lock when the slot is
      * released, which cannot happen while its owner (this thread) runs. */
     s->gen = atomic_load_explicit(&line->gen[kind], memory_order_relaxed);
-    s->thread = atomic_load_explicit(&line->owner, memory_order_relaxed);
+    s->thread = aiorcu_thread_serial();
     s->kind = kind;
     s->phase = p;
     atomic_store_explicit((_Atomic int *)&s->state, AIORCU_SECTION_OPEN, memory_order_relaxed);
