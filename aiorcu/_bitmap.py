@@ -338,10 +338,13 @@ class Bitmap(_hotpath.BitmapBase):
                 f"commit() takes a BitmapTransaction, not {type(tx).__name__}; build one "
                 "with BitmapTransaction(ops=[...]) or BitmapTransaction.model_validate(...)"
             )
-        ops: _CoreOps = []
-        for index, op in enumerate(tx.ops):
-            self._check_op(index, op)
-            ops.append((op.start, op.count, op.op == "grant"))
+        ops: _CoreOps = [(op.start, op.count, op.op == "grant") for op in tx.ops]
+        # One pass over plain tuples (a 64-op commit spent half its time in a
+        # call per op); the op that does not fit is found only to report it.
+        pages = self._pages
+        if any(start + count > pages for start, count, _ in ops):
+            for index, op in enumerate(tx.ops):
+                self._check_op(index, op)
         return ops
 
     def _check_op(self, index: int, op: Grant | Revoke) -> None:
