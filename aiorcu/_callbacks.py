@@ -56,7 +56,8 @@ _workers: weakref.WeakSet[CallbackWorker] = weakref.WeakSet()
 
 def in_callback() -> bool:
     """Whether the calling thread is running an RCU callback right now."""
-    return bool(getattr(_state, "running", False))
+    # The thread's own dict: getattr() with a default costs an exception here.
+    return bool(_state.__dict__.get("running", False))
 
 
 def split(entry: Entry) -> tuple[Callable[..., Any], tuple[Any, ...]]:

@@ -177,6 +177,9 @@ class ReadWriteDomain(_hotpath.DomainBase):
         if self._grace.core.completed() >= target:
             return
         slot = self._threads.current_slot()
+        # Nobody to wait for (the common case): done, without the checks below.
+        if self._grace.run(target, try_only=True, caller_slot=slot):
+            return
         # This thread holds no section (checked before): any open one is
         # another thread's, and an event loop here stops while we wait for it.
         if (

@@ -143,7 +143,7 @@ class ThreadRegistry:
 
     def current_slot(self) -> int:
         """The calling thread's slot, or -1 (never registers)."""
-        reg: _Registration | None = getattr(self._local, "reg", None)
+        reg: _Registration | None = self._local.__dict__.get("reg")
         if reg is not None and self._core.slot_counts(reg.slot)[0] == reg.token:
             return reg.slot
         return -1

@@ -304,6 +304,12 @@ static int run_grace_period(struct aiorcu_domain *d, struct gp_wait *w, int call
     int rc = wait_phase(d, !cur, AIORCU_STAGE_STRAGGLERS, w);
     if (rc != AIORCU_OK)
         return rc;
+    /* A try that would have to wait gives up before the flip: a flip it
+     * then abandoned would make the grace period that follows wait for the
+     * readers that entered since, as well as for those already inside. */
+    if ((w->flags & (AIORCU_SYNC_TRY | AIORCU_SYNC_BUSTED)) == AIORCU_SYNC_TRY &&
+        !scan_clear(d, cur, w->gp))
+        return AIORCU_BUSY;
     writer_jitter();
     /* Plain fences around the flip, as liburcu's smp_mb(): progress (readers
      * see the new phase sooner), not safety. */

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -127,12 +128,19 @@ def test_busted_grace_period_does_not_wait() -> None:
         holder.join()
 
 
-def test_readers_that_enter_after_the_flip_do_not_delay_the_grace_period() -> None:
-    """SRCU's two indexes: only sections that began before the flip are waited for."""
+@pytest.mark.parametrize("wait", ["synchronize_blocking", "await synchronize"])
+def test_readers_that_enter_after_the_flip_do_not_delay_the_grace_period(wait: str) -> None:
+    """SRCU's two indexes: only sections that began before the flip are waited for.
+
+    Both waits first try to complete without waiting; a try that flipped and
+    gave up made the real grace period wait for the late reader too."""
     d = aiorcu.Domain(name="after-flip")
     first, leave_first = hold_section(d, "early")
     phase = testing.current_phase(d)
-    writer = background_synchronize(d)
+    if wait == "synchronize_blocking":
+        writer = background_synchronize(d)
+    else:
+        writer = Background(lambda: asyncio.run(d.synchronize()), name="async-writer")
     assert _wait_until(lambda: testing.current_phase(d) != phase)  # the writer flipped, now waits
     late, leave_late = hold_section(d, "late")  # enters in the new phase
     try:
