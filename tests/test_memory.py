@@ -183,4 +183,5 @@ def test_no_access_sees_a_page_after_its_revocation_returned() -> None:
 
 @pytest.mark.stress
 def test_negative_control_busted_revocation_is_caught() -> None:
-    assert _revocation_race(busted=True, seconds=max(STRESS_SECONDS, 5)) > 0
+    # Ends as soon as it is caught; the budget is for a loaded machine.
+    assert _revocation_race(busted=True, seconds=max(STRESS_SECONDS, 30)) > 0
