@@ -15,11 +15,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
 import aiorcu
+
+from .children import shared_domain
 
 STRESS_SECONDS = float(os.environ.get("AIORCU_STRESS_SECONDS", "2"))
 HANG_GUARD = 30.0  # seconds; only ever reached when something is broken
@@ -131,3 +134,17 @@ def run_race(
     stop.set()
     for t in threads:
         t.join()
+
+
+DOMAIN_KINDS = ["Domain", "SharedDomain"]
+
+
+@contextmanager
+def domain_of_kind(kind: str, name: str) -> Iterator[aiorcu.Domain]:
+    """A private `Domain`, or a new `SharedDomain` (its sections take the same
+    C path, over slots in a segment), for tests that attack both."""
+    if kind == "Domain":
+        yield aiorcu.Domain(name=name)
+        return
+    with shared_domain(name) as d:
+        yield d  # type: ignore[misc]  # the same reader and writer API

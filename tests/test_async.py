@@ -16,7 +16,14 @@ import pytest
 import aiorcu
 from aiorcu import _worker, testing
 
-from .conftest import HANG_GUARD, Background, background_synchronize, hold_section
+from .conftest import (
+    DOMAIN_KINDS,
+    HANG_GUARD,
+    Background,
+    background_synchronize,
+    domain_of_kind,
+    hold_section,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fallback]
 
@@ -593,10 +600,17 @@ async def test_async_exit_without_open_section_raises() -> None:
 # -- sections and contexts -------------------------------------------------------------
 
 
-async def test_async_generator_finished_in_another_task_closes_only_its_own_section() -> None:
+@pytest.mark.parametrize("kind", DOMAIN_KINDS)
+async def test_async_generator_finished_in_another_task_closes_only_its_own_section(
+    kind: str,
+) -> None:
     """Defect: the generator's exit closed the innermost section of the *finishing*
     task's context, so a grace period completed while that task was inside."""
-    d = aiorcu.Domain(name="agen-elsewhere")
+    with domain_of_kind(kind, "agen-elsewhere") as d:
+        await _generator_finished_elsewhere(d)
+
+
+async def _generator_finished_elsewhere(d: aiorcu.Domain) -> None:
 
     async def agen() -> AsyncIterator[int]:
         async with d.read():
@@ -648,12 +662,17 @@ async def test_a_task_started_inside_a_section_is_inside_until_it_closes() -> No
     assert seen == [True, False]
 
 
+@pytest.mark.parametrize("kind", DOMAIN_KINDS)
 async def test_worker_thread_running_a_copy_of_the_context_is_not_inside(
-    anyio_backend: str,
+    anyio_backend: str, kind: str
 ) -> None:
     """Defect: a worker thread running a copy of a task's context counted as inside
     that task's section, so RcuCell.get() succeeded there unprotected."""
-    d = aiorcu.Domain(name="copied-context")
+    with domain_of_kind(kind, "copied-context") as d:
+        await _copied_context(d, anyio_backend)
+
+
+async def _copied_context(d: aiorcu.Domain, anyio_backend: str) -> None:
     cell = aiorcu.RcuCell("table", domain=d)
     async with d.read():
         assert cell.get() == "table"

@@ -9,19 +9,19 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 import aiorcu
 from aiorcu import testing
 
-from .children import shared_domain
 from .conftest import (
+    DOMAIN_KINDS,
     HANG_GUARD,
     STRESS_SECONDS,
     Background,
     background_synchronize,
+    domain_of_kind,
     hold_section,
 )
 
@@ -582,23 +582,12 @@ def _signal_storm(d: aiorcu.Domain, seconds: float, busted: bool) -> tuple[int, 
     return reads[0], violations[0]
 
 
-@contextmanager
-def _storm_domain(kind: str, tag: str) -> Iterator[aiorcu.Domain]:
-    """A private domain, or a shared one (its sections take the same C path,
-    over slots in a segment)."""
-    if kind == "Domain":
-        yield aiorcu.Domain(name=tag)
-        return
-    with shared_domain(tag) as d:
-        yield d  # type: ignore[misc]  # the same reader and writer API
-
-
 @pytest.mark.stress
-@pytest.mark.parametrize("kind", ["Domain", "SharedDomain"])
+@pytest.mark.parametrize("kind", DOMAIN_KINDS)
 def test_signal_handlers_that_open_sections_leave_no_reader_unprotected(kind: str) -> None:
     """Defect (fence mode): a handler that opened a section between a section's flag
     store and its bookkeeping left sections unprotected, or a flag leaked."""
-    with _storm_domain(kind, "signals") as d:
+    with domain_of_kind(kind, "signals") as d:
         reads, violations = _signal_storm(d, min(STRESS_SECONDS, 5), busted=False)
         assert reads > 10_000 and violations == 0, (reads, violations)
         assert d.stats().readers_active == 0  # nothing leaked
@@ -606,9 +595,9 @@ def test_signal_handlers_that_open_sections_leave_no_reader_unprotected(kind: st
 
 
 @pytest.mark.stress
-@pytest.mark.parametrize("kind", ["Domain", "SharedDomain"])
+@pytest.mark.parametrize("kind", DOMAIN_KINDS)
 def test_negative_control_busted_signal_storm_is_caught(kind: str) -> None:
-    with _storm_domain(kind, "signals-busted") as d:
+    with domain_of_kind(kind, "signals-busted") as d:
         _reads, violations = _signal_storm(d, max(STRESS_SECONDS, 30), busted=True)
         assert violations > 0
 
