@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -170,16 +169,3 @@ def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition"
             raise AssertionError(f"{what} not reached within {timeout} s")
         time.sleep(0.001)
     return time.monotonic() - start
-
-
-def sync_in_thread(domain: aiorcu.SharedDomain) -> tuple[threading.Thread, list[float]]:
-    """Runs ``synchronize_blocking()`` in a new thread; ``done`` gets its end time."""
-    done: list[float] = []
-
-    def run() -> None:
-        domain.synchronize_blocking(timeout=30)
-        done.append(time.monotonic())
-
-    thread = threading.Thread(target=run, name="test-writer")
-    thread.start()
-    return thread, done

@@ -22,7 +22,7 @@ import pytest
 
 import aiorcu
 
-from .children import shared_domain
+from .children import shared_domain, wait_until
 
 STRESS_SECONDS = float(os.environ.get("AIORCU_STRESS_SECONDS", "2"))
 HANG_GUARD = 30.0  # seconds; only ever reached when something is broken
@@ -56,6 +56,7 @@ class Background:
 
     def __init__(self, fn: Callable[[], object], name: str = "background") -> None:
         self.done = threading.Event()
+        self.finished_at: float | None = None  # time.monotonic() when fn returned or raised
         self.error: BaseException | None = None
         self._fn = fn
         self.thread = threading.Thread(target=self._main, name=name)
@@ -67,6 +68,7 @@ class Background:
         except BaseException as exc:
             self.error = exc
         finally:
+            self.finished_at = time.monotonic()
             self.done.set()
 
     def finished(self, timeout: float = HANG_GUARD) -> bool:
@@ -89,10 +91,7 @@ def still_waiting(call: Background) -> bool:
 
 def wait_for(predicate: Callable[[], bool], what: str) -> None:
     """Polls until ``predicate()`` is true; fails with ``what`` after the hang guard."""
-    deadline = time.monotonic() + HANG_GUARD
-    while not predicate():
-        assert time.monotonic() < deadline, f"hang guard: {what}"
-        time.sleep(0.002)
+    wait_until(predicate, HANG_GUARD, f"hang guard: {what}")
 
 
 def assert_waits_for_a_reader(domain: aiorcu.Domain, name: str = "reader") -> None:

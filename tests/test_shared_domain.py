@@ -21,10 +21,10 @@ from .children import (
     Child,
     children,
     shared_domain,
-    sync_in_thread,
     unique_name,
     wait_until,
 )
+from .conftest import background_synchronize
 
 HOLD = """
 d = aiorcu.SharedDomain(sys.argv[1] if len(sys.argv) > 1 else os.environ["NAME"])
@@ -45,14 +45,17 @@ def test_a_grace_period_waits_for_a_thread_reader_in_another_process() -> None:
     with shared_domain("gp-thread") as domain, children() as kids:
         kids.append(child := Child(HOLD, env={"NAME": domain.name}))
         assert int(child.expect("inside")) == child.pid
-        thread, done = sync_in_thread(domain)
+        writer = background_synchronize(domain)
         time.sleep(0.3)
-        assert not done, "the grace period ended while a reader in another process was inside"
+        assert not writer.done.is_set(), (
+            "the grace period ended while a reader in another process was inside"
+        )
         left_at = time.monotonic()
         child.send()
         child.expect("left")
-        thread.join(10)
-        assert done and done[0] >= left_at
+        assert writer.finished(10)
+        writer.result()
+        assert writer.finished_at is not None and writer.finished_at >= left_at
         assert child.expect("stats") == "2"
         child.send()
         assert child.finish() == 0
@@ -72,14 +75,14 @@ def test_a_grace_period_waits_for_a_task_reader_in_another_process() -> None:
     with shared_domain("gp-task") as domain, children() as kids:
         kids.append(child := Child(script, env={"NAME": domain.name}))
         child.expect("inside")
-        thread, done = sync_in_thread(domain)
+        writer = background_synchronize(domain)
         time.sleep(0.3)
-        assert not done
+        assert not writer.done.is_set()
         assert domain.stats().readers_active == 1
         child.send()
         child.expect("left")
-        thread.join(10)
-        assert done
+        assert writer.finished(10)
+        writer.result()
         assert child.finish() == 0
 
 
@@ -256,10 +259,11 @@ def test_a_stall_warning_names_the_pid_and_thread_of_a_reader_elsewhere(
             kids.append(child := Child(HOLD, env={"NAME": name, "THREAD": "slow-reader"}))
             child.expect("inside")
             with caplog.at_level(logging.WARNING, logger="aiorcu"):
-                thread, _done = sync_in_thread(domain)
+                writer = background_synchronize(domain)
                 wait_until(lambda: domain.stats().stall_warnings > 0, what="a stall warning")
                 child.send()
-                thread.join(10)
+                assert writer.finished(10)
+                writer.result()
             text = caplog.text
             assert "thread 'slow-reader' (native id " in text, text
             assert f") of process {child.pid}" in text, text
@@ -293,12 +297,12 @@ def test_fence_mode_belongs_to_the_creator() -> None:
         creator.expect("inside")
         attached = aiorcu.SharedDomain(name)
         assert attached.backend_info().mechanism == "fence"
-        thread, done = sync_in_thread(attached)
+        writer = background_synchronize(attached)
         time.sleep(0.2)
-        assert not done  # fences still order the other process's reader
+        assert not writer.done.is_set()  # fences still order the other process's reader
         creator.send()
-        thread.join(10)
-        assert done
+        assert writer.finished(10)
+        writer.result()
         attached.close()
         creator.send()
         assert creator.finish() == 0
@@ -312,12 +316,12 @@ def test_fence_mode_belongs_to_the_creator() -> None:
         )
         assert child.expect("mode") == "membarrier-global-expedited"
         child.expect("inside")
-        thread, done = sync_in_thread(domain)
+        writer = background_synchronize(domain)
         time.sleep(0.2)
-        assert not done
+        assert not writer.done.is_set()
         child.send()
-        thread.join(10)
-        assert done
+        assert writer.finished(10)
+        writer.result()
         child.send()
         assert child.finish() == 0
 

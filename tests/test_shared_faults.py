@@ -23,7 +23,8 @@ import pytest
 
 import aiorcu
 
-from .children import Child, children, shared_domain, sync_in_thread, unique_name, wait_until
+from .children import Child, children, shared_domain, unique_name, wait_until
+from .conftest import background_synchronize
 
 HALF_A_SECOND = 0.5  # DESIGN.md: grace periods complete within 0.5 s of a death
 
@@ -77,13 +78,18 @@ def test_a_reader_process_that_ends_inside_releases_grace_periods_within_half_a_
         child.expect("inside")
         before = domain.stats()
         assert before.readers_active == 3 and before.processes_attached == 2
-        thread, done = sync_in_thread(domain)
+        writer = background_synchronize(domain)
         time.sleep(0.3)
-        assert not done, "a grace period ended while another process's readers were inside"
+        assert not writer.done.is_set(), (
+            "a grace period ended while another process's readers were inside"
+        )
         began = _readers_end(end, domain, child)
-        thread.join(10)
-        assert done, "the grace period never completed after the readers' process ended"
-        took = done[0] - began
+        assert writer.finished(10), (
+            "the grace period never completed after the readers' process ended"
+        )
+        writer.result()
+        assert writer.finished_at is not None
+        took = writer.finished_at - began
         assert took <= HALF_A_SECOND, f"the grace period took {took:.3f} s after the end"
         after = domain.stats()
         if end == "exec":
@@ -128,13 +134,16 @@ def test_a_writer_killed_holding_the_writer_lock_mid_grace_period() -> None:
             assert domain.stats().writer_recoveries == 0
             # The next writer takes over the lock; its grace period must
             # still wait for the reader the dead writer was waiting for.
-            thread, done = sync_in_thread(domain)
+            writer = background_synchronize(domain)
             time.sleep(0.3)
-            assert not done, "a recovered writer's grace period ignored a live reader"
+            assert not writer.done.is_set(), (
+                "a recovered writer's grace period ignored a live reader"
+            )
             left_at = time.monotonic()
             release.set()
-            thread.join(10)
-            assert done and done[0] >= left_at
+            assert writer.finished(10)
+            writer.result()
+            assert writer.finished_at is not None and writer.finished_at >= left_at
         finally:
             release.set()
             holder.join()
@@ -245,13 +254,15 @@ def test_a_fork_pool_started_while_another_thread_is_inside() -> None:
         # In the workers, a grace period waits for the parent's holder.
         assert child.expect("workers") == "waited waited"
         assert domain.stats().processes_attached >= 3
-        thread, done = sync_in_thread(domain)
+        writer = background_synchronize(domain)
         time.sleep(0.3)
-        assert not done, "after a fork, a grace period ignored the forking process's reader"
+        assert not writer.done.is_set(), (
+            "after a fork, a grace period ignored the forking process's reader"
+        )
         child.send()
         child.expect("released")
-        thread.join(10)
-        assert done
+        assert writer.finished(10)
+        writer.result()
         child.send()
         assert child.finish() == 0
         stats = domain.stats()
@@ -285,13 +296,13 @@ def test_a_fork_from_inside_a_section_keeps_it_in_the_child(tmp_path: Path) -> N
         kids.append(child := Child(script, env={"NAME": domain.name, "GO": str(go)}))
         seen = child.expect_each("forked", "child ")
         assert seen["child "] == "refused"  # the child is inside: its own wait would hang
-        thread, done = sync_in_thread(domain)
+        writer = background_synchronize(domain)
         time.sleep(0.3)
-        assert not done, "a grace period ignored the section a fork child kept"
+        assert not writer.done.is_set(), "a grace period ignored the section a fork child kept"
         go.touch()
         child.expect("child left")
-        thread.join(10)
-        assert done
+        assert writer.finished(10)
+        writer.result()
         child.send()
         assert child.finish() == 0
         assert domain.stats().backstop_timeouts == 0
