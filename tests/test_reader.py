@@ -565,6 +565,11 @@ def _signal_storm(d: aiorcu.Domain, seconds: float, busted: bool) -> tuple[int, 
         while not stop.is_set():
             cell.replace_blocking(_Box(), retire=_retire)
 
+    # Claim this thread's reader slot before the storm: the claim is a
+    # one-time Python path that is not re-entrant, and a handler every
+    # 0.2 ms on a loaded machine can nest claims until the recursion limit.
+    # The storm is about section entry and exit.
+    read_once()
     old = signal.signal(signal.SIGALRM, handler)
     w = threading.Thread(target=writer, name="replacer")
     w.start()
